@@ -1,0 +1,163 @@
+"""The one typed view of params.yaml: OmegaConf checks keys and types, validators check values."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from flowerlab.errors import ConfigError
+
+
+class Source(str, Enum):
+    synthetic = "synthetic"
+    flowers102 = "flowers102"
+    imagefolder = "imagefolder"
+    tensors = "tensors"
+
+
+class VaeLoss(str, Enum):
+    mse = "mse"
+    ssim = "ssim"
+
+
+@dataclass
+class DataParams:
+    source: Source = Source.synthetic
+    path: str = "data/raw"
+    image_size: int = 32
+    samples_per_class: int = 60  # synthetic source only
+    download: bool = True  # flowers102 only: try to download when the files are missing
+    labels_csv: str = "labels.csv"  # tensors source only, relative to path
+
+
+@dataclass
+class SplitParams:
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    use_official: bool = True  # use the source's own split when it has one
+
+
+@dataclass
+class ModelParams:
+    pretrained: bool = False
+    weights_path: str | None = None  # local ImageNet weights file for air-gapped machines
+
+
+@dataclass
+class TrainParams:
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.1
+    warmup_epochs: int = 1
+    crop_scale_min: float = 0.6
+    trivial_augment: bool = False
+    random_erasing: float = 0.0
+    patience: int = 5
+    precision: str = "32-true"
+    channels_last: bool = True
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+
+
+@dataclass
+class EvaluateParams:
+    batch_size: int = 256
+    misclassified_images: int = 16
+
+
+@dataclass
+class VaeParams:
+    latent_dim: int = 32
+    width: int = 32
+    image_size: int = 32
+    beta: float = 1.0
+    loss: VaeLoss = VaeLoss.mse
+    lr: float = 2e-3
+    epochs: int = 10
+    batch_size: int = 128
+    patience: int = 4
+
+
+@dataclass
+class Params:
+    seed: int = 42
+    lr: float = 3e-3
+    epochs: int = 8
+    batch_size: int = 64
+    data: DataParams = field(default_factory=DataParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    model: ModelParams = field(default_factory=ModelParams)
+    train: TrainParams = field(default_factory=TrainParams)
+    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    vae: VaeParams = field(default_factory=VaeParams)
+
+
+_POSITIVE_INTS = ("epochs", "batch_size", "data.image_size", "data.samples_per_class",
+                  "evaluate.batch_size", "vae.latent_dim", "vae.width", "vae.image_size",
+                  "vae.epochs", "vae.batch_size", "train.devices", "train.num_nodes")
+_POSITIVE_FLOATS = ("lr", "vae.lr")
+_NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.patience",
+                 "train.num_workers", "evaluate.misclassified_images", "vae.beta",
+                 "vae.patience")
+_PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+
+
+def _get(params: Params, dotted: str):
+    value = params
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def validate(params: Params) -> Params:
+    """Check the values that types alone cannot; raise ConfigError naming the key."""
+    for key in _POSITIVE_INTS + _POSITIVE_FLOATS:
+        if _get(params, key) <= 0:
+            raise ConfigError(f"params: '{key}' must be > 0, got {_get(params, key)!r}")
+    for key in _NON_NEGATIVE:
+        if _get(params, key) < 0:
+            raise ConfigError(f"params: '{key}' must be >= 0, got {_get(params, key)!r}")
+    if params.data.image_size < 16:
+        raise ConfigError(f"params: 'data.image_size' must be >= 16, got {params.data.image_size}")
+    if params.vae.image_size % 8 or params.vae.image_size < 16:
+        raise ConfigError("params: 'vae.image_size' must be a multiple of 8 and >= 16, "
+                          f"got {params.vae.image_size}")
+    if not 0 < params.train.crop_scale_min <= 1:
+        raise ConfigError("params: 'train.crop_scale_min' must be in (0, 1]")
+    if not 0 <= params.train.random_erasing <= 1:
+        raise ConfigError("params: 'train.random_erasing' must be in [0, 1]")
+    if not 0 <= params.train.label_smoothing < 1:
+        raise ConfigError("params: 'train.label_smoothing' must be in [0, 1)")
+    split = params.split
+    for key in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(split, key) < 1:
+            raise ConfigError(f"params: 'split.{key}' must be between 0 and 1, "
+                              f"got {getattr(split, key)!r}")
+    if split.val_fraction + split.test_fraction >= 1:
+        raise ConfigError("params: 'split.val_fraction' + 'split.test_fraction' must be < 1")
+    if params.train.precision not in _PRECISIONS:
+        raise ConfigError(f"params: 'train.precision' must be one of {_PRECISIONS}, "
+                          f"got {params.train.precision!r}")
+    return params
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read params.yaml into a typed, validated :class:`Params`."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path}")
+    schema = OmegaConf.structured(Params)
+    try:
+        merged = OmegaConf.merge(schema, OmegaConf.load(path))
+        params = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or "?"
+        reason = str(error).splitlines()[0]
+        raise ConfigError(f"params: bad key '{key}' in {path}: {reason}") from None
+    return validate(params)

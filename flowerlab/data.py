@@ -1,0 +1,85 @@
+"""Datasets and a Lightning DataModule over the prepared store and the split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from flowerlab.store import PreparedData, load_prepared
+
+
+def load_split(path: Path | str) -> dict[str, list[int]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no split file {path}: run the split stage first")
+    return json.loads(path.read_text())
+
+
+def train_transform(image_size: int, crop_scale_min: float, trivial_augment: bool,
+                    random_erasing: float) -> v2.Compose:
+    """Training augmentation on uint8 tensors, ending in float images in [0, 1]."""
+    steps = [v2.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), antialias=True),
+             v2.RandomHorizontalFlip()]
+    if trivial_augment:
+        steps.append(v2.TrivialAugmentWide())
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if random_erasing > 0:
+        steps.append(v2.RandomErasing(p=random_erasing))
+    return v2.Compose(steps)
+
+
+def eval_transform() -> v2.Compose:
+    """Evaluation input: the stored (already resized) image as floats in [0, 1]."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+
+
+class StoredImages(Dataset):
+    """The prepared images at ``indices``, transformed one by one."""
+
+    def __init__(self, data: PreparedData, indices: list[int], transform):
+        self.images, self.labels = data.tensors(indices)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.transform(self.images[index]), self.labels[index]
+
+
+class FlowerData(L.LightningDataModule):
+    def __init__(self, prepared_dir: str, split_file: str, batch_size: int, num_workers: int = 0,
+                 train_transform=None):
+        super().__init__()
+        self.prepared_dir, self.split_file = prepared_dir, split_file
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment = train_transform or eval_transform()
+        self.data: PreparedData | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is None:
+            self.data = load_prepared(self.prepared_dir)
+            split = load_split(self.split_file)
+            self.datasets = {"train": StoredImages(self.data, split["train"], self.augment),
+                             "val": StoredImages(self.data, split["val"], eval_transform()),
+                             "test": StoredImages(self.data, split["test"], eval_transform())}
+
+    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+        if len(self.datasets[name]) == 0:
+            raise ValueError(f"the '{name}' split is empty: add images or change split fractions")
+        return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

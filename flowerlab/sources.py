@@ -1,0 +1,138 @@
+"""Image sources named by ``data.source``: each lists its items lazily, prepare decodes them."""
+
+from __future__ import annotations
+
+import csv
+import urllib.error
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.datasets import Flowers102, ImageFolder
+
+from flowerlab import synthetic
+from flowerlab.config import DataParams, Source
+from flowerlab.errors import SourceError
+from flowerlab.imaging import ImageDecodeError, decode_image
+
+FLOWERS102_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
+FLOWERS102_CLASSES = (Path(__file__).with_name("flowers102_classes.txt")
+                      .read_text().strip().splitlines())
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image to prepare: a name for reports, its label, how to load it, its official split."""
+
+    name: str
+    label: int
+    load: Callable[[], Image.Image | torch.Tensor]
+    split: str | None = None
+
+
+@dataclass(frozen=True)
+class RawDataset:
+    classes: list[str]
+    items: list[SourceItem]
+
+    @property
+    def has_official_split(self) -> bool:
+        return bool(self.items) and all(item.split for item in self.items)
+
+
+def _path_only(path: str) -> str:
+    """A torchvision loader that defers decoding, so prepare can report bad files one by one."""
+    return path
+
+
+def read_synthetic(params: DataParams, seed: int) -> RawDataset:
+    rng_image = synthetic.render_flower
+    items = [
+        SourceItem(f"synthetic/{c:03d}/{i:04d}", c,
+                   partial(lambda c, i: rng_image(c, np.random.default_rng([seed, c, i]),
+                                                  params.image_size), c, i))
+        for c in range(synthetic.NUM_CLASSES) for i in range(params.samples_per_class)
+    ]
+    return RawDataset(synthetic.class_names(), items)
+
+
+def read_flowers102(params: DataParams) -> RawDataset:
+    root = Path(params.path)
+    items: list[SourceItem] = []
+    for split in ("train", "val", "test"):
+        try:
+            dataset = Flowers102(root, split=split, download=params.download, loader=_path_only)
+        except (urllib.error.URLError, OSError, RuntimeError) as error:
+            raise SourceError(
+                f"Flowers102 is not available under {root / 'flowers-102'} ({error}). "
+                f"On a machine with network, set data.download: true. Offline, download "
+                f"102flowers.tgz, imagelabels.mat and setid.mat from {FLOWERS102_URL}, unpack "
+                f"the archive so that {root / 'flowers-102' / 'jpg'} holds the images, and put "
+                f"the two .mat files in {root / 'flowers-102'}.") from None
+        for index in range(len(dataset)):
+            path, label = dataset[index]
+            items.append(SourceItem(Path(path).name, int(label),
+                                    partial(decode_image, Path(path)), split))
+    return RawDataset(list(FLOWERS102_CLASSES), items)
+
+
+def read_imagefolder(params: DataParams) -> RawDataset:
+    root = Path(params.path)
+    if not root.is_dir():
+        raise SourceError(f"image folder not found: {root} (expected one subfolder per class)")
+    try:
+        # Accept every file so that non-images are reported by prepare, not silently dropped.
+        dataset = ImageFolder(root, loader=_path_only,
+                              is_valid_file=lambda p: not Path(p).name.startswith("."))
+    except (FileNotFoundError, OSError) as error:
+        raise SourceError(f"cannot read image folder {root}: {error}") from None
+    items = [SourceItem(str(Path(path).relative_to(root)), label, partial(decode_image, Path(path)))
+             for path, label in dataset.samples]
+    return RawDataset(list(dataset.classes), items)
+
+
+def _load_tensor(path: Path) -> torch.Tensor:
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many types for a bad file
+        raise ImageDecodeError(f"not a readable tensor file: {error}") from None
+    if not isinstance(tensor, torch.Tensor):
+        raise ImageDecodeError(f"file holds a {type(tensor).__name__}, not a tensor")
+    if tensor.ndim == 2:
+        tensor = tensor.unsqueeze(0)
+    if tensor.dtype.is_floating_point:
+        if not torch.isfinite(tensor).all() or tensor.min() < -1e-3 or tensor.max() > 1 + 1e-3:
+            raise ImageDecodeError("float tensor values must lie in [0, 1]")
+    elif tensor.dtype != torch.uint8:
+        raise ImageDecodeError(f"unsupported tensor dtype {tensor.dtype}")
+    return tensor
+
+
+def read_tensors(params: DataParams) -> RawDataset:
+    root = Path(params.path)
+    csv_path = root / params.labels_csv
+    if not csv_path.is_file():
+        raise SourceError(f"label CSV not found: {csv_path} (expected columns 'file,label')")
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows or not {"file", "label"} <= set(rows[0]):
+        raise SourceError(f"{csv_path} must have a header with the columns 'file' and 'label'")
+    labels = sorted({row["label"].strip() for row in rows},
+                    key=lambda x: (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x))
+    index = {name: i for i, name in enumerate(labels)}
+    items = [SourceItem(row["file"], index[row["label"].strip()],
+                        partial(_load_tensor, root / row["file"])) for row in rows]
+    return RawDataset(labels, items)
+
+
+def read_source(params: DataParams, seed: int) -> RawDataset:
+    """The items of the configured ``data.source``."""
+    if params.source == Source.synthetic:
+        return read_synthetic(params, seed)
+    readers = {Source.flowers102: read_flowers102, Source.imagefolder: read_imagefolder,
+               Source.tensors: read_tensors}
+    return readers[params.source](params)

@@ -1,0 +1,45 @@
+"""evaluate: run the test split through the exported model; write metrics and DVC plots."""
+
+from pathlib import Path
+
+import torch
+from dvclive import Live
+from torchvision.transforms.v2.functional import to_pil_image
+
+from flowerlab import paths
+from flowerlab.cli import run_stage
+from flowerlab.config import load_params
+from flowerlab.data import load_split
+from flowerlab.evaluation import classification_metrics, per_class_accuracy, predict_batches
+from flowerlab.export import load_program
+from flowerlab.store import load_prepared, write_json
+
+
+def main() -> None:
+    params = load_params(paths.PARAMS)
+    module, meta = load_program(paths.CLASSIFIER)
+    data = load_prepared(paths.PREPARED_DIR)
+    test = load_split(paths.SPLIT_FILE)["test"]
+    images, labels = data.tensors(test)
+    logits, _ = predict_batches(module, images, params.evaluate.batch_size)
+    metrics = classification_metrics(logits, labels)
+    write_json(Path(paths.EVALUATE_METRICS), metrics)
+
+    classes = meta["classes"]
+    predicted = logits.argmax(dim=1)
+    plots = Path(paths.EVALUATE_PLOTS) / "plots"
+    write_json(plots / "confusion.json", [{"actual": classes[a], "predicted": classes[p]}
+                                          for a, p in zip(labels.tolist(), predicted.tolist())])
+    class_acc = per_class_accuracy(logits, labels).tolist()
+    write_json(plots / "per_class.json", [{"class": name, "accuracy": round(acc, 6)}
+                                          for name, acc in zip(classes, class_acc)])
+    with Live(paths.EVALUATE_PLOTS, dvcyaml=False, save_dvc_exp=False) as live:
+        wrong = torch.nonzero(predicted != labels).flatten()[: params.evaluate.misclassified_images]
+        for i in wrong.tolist():
+            name = f"misclassified/{i:04d}_{classes[labels[i]]}_as_{classes[predicted[i]]}.png"
+            live.log_image(name.replace(" ", "_"), to_pil_image(images[i]))
+    print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+
+if __name__ == "__main__":
+    run_stage("evaluate", main)
