@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -152,9 +153,13 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"params file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except yaml.YAMLError as error:  # a syntax error would otherwise escape as a traceback
+        raise ConfigError(f"params: {path} is not valid YAML: {' '.join(str(error).split())}") from None
     schema = OmegaConf.structured(Params)
     try:
-        merged = OmegaConf.merge(schema, OmegaConf.load(path))
+        merged = OmegaConf.merge(schema, loaded)
         params = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"

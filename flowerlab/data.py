@@ -54,11 +54,12 @@ class StoredImages(Dataset):
 
 class FlowerData(L.LightningDataModule):
     def __init__(self, prepared_dir: str, split_file: str, batch_size: int, num_workers: int = 0,
-                 train_transform=None):
+                 train_transform=None, val_transform=None):
         super().__init__()
         self.prepared_dir, self.split_file = prepared_dir, split_file
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = train_transform or eval_transform()
+        self.plain = val_transform or eval_transform()  # val and test
         self.data: PreparedData | None = None
 
     def setup(self, stage: str | None = None) -> None:
@@ -66,8 +67,8 @@ class FlowerData(L.LightningDataModule):
             self.data = load_prepared(self.prepared_dir)
             split = load_split(self.split_file)
             self.datasets = {"train": StoredImages(self.data, split["train"], self.augment),
-                             "val": StoredImages(self.data, split["val"], eval_transform()),
-                             "test": StoredImages(self.data, split["test"], eval_transform())}
+                             "val": StoredImages(self.data, split["val"], self.plain),
+                             "test": StoredImages(self.data, split["test"], self.plain)}
 
     def _loader(self, name: str, shuffle: bool) -> DataLoader:
         if len(self.datasets[name]) == 0:

@@ -67,9 +67,11 @@ def read_flowers102(params: DataParams) -> RawDataset:
         try:
             dataset = Flowers102(root, split=split, download=params.download, loader=_path_only)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
+            online = ("The download failed: check the network." if params.download
+                      else "On a machine with network, set data.download: true.")
             raise SourceError(
                 f"Flowers102 is not available under {root / 'flowers-102'} ({error}). "
-                f"On a machine with network, set data.download: true. Offline, download "
+                f"{online} Offline, download "
                 f"102flowers.tgz, imagelabels.mat and setid.mat from {FLOWERS102_URL}, unpack "
                 f"the archive so that {root / 'flowers-102' / 'jpg'} holds the images, and put "
                 f"the two .mat files in {root / 'flowers-102'}.") from None
@@ -98,8 +100,10 @@ def read_imagefolder(params: DataParams) -> RawDataset:
 def _load_tensor(path: Path) -> torch.Tensor:
     try:
         tensor = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a bad file
-        raise ImageDecodeError(f"not a readable tensor file: {error}") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file listed in the label CSV does not exist") from None
+    except Exception as error:  # torch raises many types; its messages run to many lines
+        raise ImageDecodeError(f"not a readable tensor file ({type(error).__name__})") from None
     if not isinstance(tensor, torch.Tensor):
         raise ImageDecodeError(f"file holds a {type(tensor).__name__}, not a tensor")
     if tensor.ndim == 2:
@@ -121,6 +125,10 @@ def read_tensors(params: DataParams) -> RawDataset:
         rows = list(csv.DictReader(handle))
     if not rows or not {"file", "label"} <= set(rows[0]):
         raise SourceError(f"{csv_path} must have a header with the columns 'file' and 'label'")
+    incomplete = [line for line, row in enumerate(rows, start=2)
+                  if not (row["file"] or "").strip() or not (row["label"] or "").strip()]
+    if incomplete:  # a short row holds None, which would crash below
+        raise SourceError(f"{csv_path}: no file or no label on line(s) {incomplete[:10]}")
     labels = sorted({row["label"].strip() for row in rows},
                     key=lambda x: (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x))
     index = {name: i for i, name in enumerate(labels)}

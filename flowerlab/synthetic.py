@@ -14,16 +14,17 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-PETAL_COUNTS = (3, 4, 5, 6, 8)
+PETAL_COUNTS = (3, 5, 8)
 PETAL_FORMS = ("oval", "pointed", "spoon", "slender")
-COLOUR_PATTERNS = ("solid", "tipped", "alternating", "striped", "ringed", "eyed")
+COLOUR_PATTERNS = ("solid", "tipped", "alternating", "striped", "ringed", "eyed", "outlined",
+                   "halved", "dotted")
 NUM_CLASSES = 102
 SUPERSAMPLE = 2
 
-# 120 structural combinations in a fixed order; dropping a fixed 3 of every 20 leaves 102.
+# 108 structural combinations in a fixed order; dropping the last of every 18 leaves 102.
 _COMBINATIONS = [combo for i, combo in
                  enumerate(itertools.product(PETAL_COUNTS, PETAL_FORMS, COLOUR_PATTERNS))
-                 if i % 20 not in (5, 12, 19)]
+                 if i % 18 != 17]
 
 
 def class_names() -> list[str]:
@@ -44,7 +45,7 @@ def _half_width(form: str, t: np.ndarray) -> np.ndarray:
         return 0.45 * np.sin(np.pi * t) ** 0.6 * (1 - t) ** 0.8
     if form == "spoon":
         return 0.5 * t**1.4 * np.sqrt(np.clip(1 - t**2, 0, 1)) + 0.05 * (1 - t)
-    return 0.2 * np.sin(np.pi * t) ** 0.7  # slender
+    return 0.25 * np.sin(np.pi * t) ** 0.7  # slender
 
 
 def _petal_polygon(form, cx, cy, angle, inner, length, width):
@@ -97,7 +98,15 @@ def render_flower(class_id: int, rng: np.random.Generator, image_size: int) -> I
         angle = rotation + 2 * np.pi * i / n_petals + rng.normal(0, 0.05)
         length = scale * rng.uniform(0.85, 1.0)
         colour = accent if pattern == "alternating" and i % 2 else main
-        draw.polygon(_petal_polygon(form, cx, cy, angle, core * 0.5, length, width), fill=colour)
+        petal = _petal_polygon(form, cx, cy, angle, core * 0.5, length, width)
+        outline = accent if pattern == "outlined" else None
+        draw.polygon(petal, fill=colour, outline=outline, width=max(2, size // 24))
+        if pattern == "halved":
+            draw.polygon(petal[: len(petal) // 2], fill=accent)  # one side of the petal's axis
+        if pattern == "dotted":
+            r = 0.14 * scale
+            dx, dy = cx + 0.62 * length * math.cos(angle), cy + 0.62 * length * math.sin(angle)
+            draw.ellipse((dx - r, dy - r, dx + r, dy + r), fill=accent)
         if pattern == "tipped":
             tip = _petal_polygon(form, cx, cy, angle, core * 0.5 + 0.55 * length, 0.45 * length, width)
             draw.polygon(tip, fill=accent)

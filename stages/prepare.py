@@ -14,6 +14,7 @@ def main() -> None:
     raw = read_source(params.data, params.seed)
     data, skipped = prepare_images(raw, params.data.image_size, params.data.source.value)
     if len(data.labels) == 0:
+        write_json(Path(paths.PREPARED_DIR) / "report.json", {"skipped": skipped})  # the message cites it
         raise ValueError(f"no readable images in {params.data.source.value} source "
                          f"({len(skipped)} skipped); see {paths.PREPARED_DIR}/report.json")
     save_prepared(data, skipped, Path(paths.PREPARED_DIR))

@@ -1,0 +1,1 @@
+"""FastAPI service that serves the models dvc.lock records (run: ``uvicorn serve.app:app``)."""

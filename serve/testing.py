@@ -1,0 +1,97 @@
+"""A small served root (untrained classifier, dvc.lock, test metrics) for tests and smoke runs.
+
+``python -m serve.testing DIR`` writes one; then ``FLOWERLAB_ROOT=DIR uvicorn serve.app:app``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from flowerlab import paths
+from flowerlab.export import export_program, file_md5
+from flowerlab.model import ExportedClassifier, ImageClassifier
+
+CLASSES = ("daisy", "rose", "tulip")
+IMAGE_SIZE = 32
+TEST_METRICS = {"accuracy": 0.5, "top5_accuracy": 1.0, "macro_f1": 0.25, "loss": 1.5, "ece": 0.125,
+                "samples": 12}
+
+
+def write_lock(root: Path, classifier_md5: str | None = None) -> None:
+    """dvc.lock as DVC writes it for train and evaluate; ``classifier_md5`` overrides the real hash."""
+    def entry(path: str) -> dict:
+        file = root / path
+        return {"path": path, "hash": "md5", "md5": file_md5(file), "size": file.stat().st_size}
+
+    model = entry(paths.CLASSIFIER)
+    if classifier_md5 is not None:
+        model["md5"] = classifier_md5
+    lock = {"schema": "2.0", "stages": {
+        "train": {"cmd": "python -m stages.train", "outs": [model]},
+        "evaluate": {"cmd": "python -m stages.evaluate", "deps": [dict(model)],
+                     "outs": [entry(paths.EVALUATE_METRICS)]}}}
+    (root / paths.DVC_LOCK).write_text(yaml.safe_dump(lock, sort_keys=False))
+
+
+def classifier_meta() -> dict:
+    """Metadata shaped like the train stage's (stages/train.py)."""
+    return {"kind": "classifier", "architecture": "resnet18", "classes": list(CLASSES),
+            "image_size": IMAGE_SIZE, "source": "synthetic",
+            "input": "float32 RGB in [0, 1], shape (N, 3, image_size, image_size)",
+            "preprocessing": "decode, resize shorter side to image_size, centre crop",
+            "normalisation": {"built_in": True}, "outputs": ["logits", "features"], "best_val_acc": 0.75}
+
+
+def write_served_root(root: Path, seed: int = 0) -> Path:
+    """Export an untrained 3-class classifier at 32x32, write its test metrics and dvc.lock."""
+    torch.manual_seed(seed)
+    module = ExportedClassifier(ImageClassifier(len(CLASSES)))
+    export_program(module, torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), root / paths.CLASSIFIER,
+                   classifier_meta())
+    metrics = root / paths.EVALUATE_METRICS
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text(json.dumps(TEST_METRICS))
+    write_lock(root)
+    return root
+
+
+def shared_served_root(base: Path) -> Path:
+    """``base/served_root``, written on first use: test modules share one export per session."""
+    root = base / "served_root"
+    if not (root / paths.DVC_LOCK).is_file():  # dvc.lock is written last
+        write_served_root(root)
+    return root
+
+
+def noise_image(width: int = 64, height: int = 40, seed: int = 0) -> Image.Image:
+    """Random RGB pixels: distinct images give distinct predictions even from an untrained model."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def encode_image(image: Image.Image, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A 1x1 PNG whose header claims ``width`` x ``height``: a decompression bomb's shape, in 70 bytes."""
+    data = bytearray(encode_image(Image.new("RGB", (1, 1)), "PNG"))
+    ihdr = struct.pack(">II", width, height) + bytes(data[24:29])  # IHDR data follows the 16-byte preamble
+    data[16:33] = ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return bytes(data)
+
+
+if __name__ == "__main__":
+    print(write_served_root(Path(sys.argv[1])))

@@ -1,0 +1,342 @@
+"""The FastAPI service in-process: predictions, bad input, readiness, metrics and startup refusal."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from prometheus_client import REGISTRY
+from torchvision.transforms.v2 import functional as F
+
+from flowerlab import paths
+from flowerlab.export import file_md5, load_program
+from flowerlab.imaging import decode_image, square_resize
+from serve.app import app, create_app
+from serve.predictor import ClassifierPredictor
+from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
+from serve.testing import (
+    CLASSES,
+    IMAGE_SIZE,
+    TEST_METRICS,
+    classifier_meta,
+    encode_image,
+    noise_image,
+    png_declaring,
+    shared_served_root,
+    write_lock,
+)
+
+FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
+BAD_INPUTS = ["text", "tiff", "truncated_jpeg", "png_cut_header", "empty", "pillow_bomb", "over_max_pixels"]
+
+
+@pytest.fixture(scope="module")
+def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shared_served_root(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def client(served_root: Path) -> Iterator[TestClient]:
+    """The module-level app, started once for all tests that keep the default settings.
+
+    Tests with other settings start their own create_app(): restarting this shared app would
+    unload the model under this client.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FLOWERLAB_ROOT", str(served_root))
+        with TestClient(app) as started:
+            yield started
+
+
+def copy_root(source: Path, target: Path) -> Path:
+    """A copy of a served root to damage; the model is hard-linked (cheap), never written through."""
+    def link_models(src: str, dst: str) -> None:
+        (os.link if src.endswith(".pt2") else shutil.copy2)(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_models)
+    return target
+
+
+def post(client: TestClient, data: bytes, **params: object):
+    return client.post("/predict", params=params, files={"file": ("upload", data)})
+
+
+def by_class(response) -> list[float]:
+    """A k=num_classes response's probabilities, in class-id order."""
+    probability = {p["class_id"]: p["probability"] for p in response.json()["predictions"]}
+    return [probability[i] for i in range(len(CLASSES))]
+
+
+@pytest.fixture(scope="module")
+def reference(served_root: Path) -> torch.nn.Module:
+    """The served program, loaded separately to check the service against."""
+    module, meta = load_program(served_root / paths.CLASSIFIER)
+    assert meta["image_size"] == IMAGE_SIZE
+    return module
+
+
+def expected_probabilities(module: torch.nn.Module, data: bytes) -> list[float]:
+    """Evaluation's path, written out: decode_image, square_resize, /255, model, softmax."""
+    image = square_resize(decode_image(data), IMAGE_SIZE)
+    with torch.inference_mode():
+        logits, _ = module(image.unsqueeze(0).float() / 255)
+    return logits.softmax(dim=1)[0].tolist()
+
+
+JPEG = encode_image(noise_image(), "JPEG")
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_predict_every_format(client: TestClient, reference: torch.nn.Module, fmt: str) -> None:
+    data = encode_image(noise_image(), fmt)
+    response = post(client, data, k=len(CLASSES))
+    assert response.status_code == 200, response.text
+    predictions = response.json()["predictions"]
+    assert sorted(p["label"] for p in predictions) == sorted(CLASSES)
+    assert all(CLASSES[p["class_id"]] == p["label"] for p in predictions)
+    probabilities = [p["probability"] for p in predictions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
+    assert by_class(response) == pytest.approx(expected_probabilities(reference, data), abs=1e-6)
+
+
+def test_prediction_uses_square_resize_not_a_squash(client: TestClient, reference: torch.nn.Module) -> None:
+    data = encode_image(noise_image(80, 32, seed=3), "PNG")  # wide: centre crop and squash differ
+    served = by_class(post(client, data, k=3))
+    squashed = F.resize(F.pil_to_tensor(decode_image(data)), [IMAGE_SIZE, IMAGE_SIZE], antialias=True)
+    with torch.inference_mode():
+        other = reference(squashed.unsqueeze(0).float() / 255)[0].softmax(dim=1)[0].tolist()
+    assert served == pytest.approx(expected_probabilities(reference, data), abs=1e-6)
+    assert max(abs(served[i] - other[i]) for i in range(3)) > 1e-4
+
+
+def test_gif_is_classified_by_its_first_frame(client: TestClient, reference: torch.nn.Module) -> None:
+    first, second = noise_image(seed=1), noise_image(seed=2)
+    buffer = io.BytesIO()
+    first.save(buffer, "GIF", save_all=True, append_images=[second])
+    served = by_class(post(client, buffer.getvalue(), k=3))
+    expected_first = expected_probabilities(reference, buffer.getvalue())
+    with Image.open(io.BytesIO(buffer.getvalue())) as gif:
+        gif.seek(1)
+        expected_second = expected_probabilities(reference, encode_image(gif.convert("RGB"), "PNG"))
+    assert served == pytest.approx(expected_first, abs=1e-6)
+    assert served != pytest.approx(expected_second, abs=1e-4)
+
+
+def test_k_defaults_to_all_classes_when_fewer_than_five(client: TestClient) -> None:
+    data = encode_image(noise_image(), "PNG")
+    everything = post(client, data).json()["predictions"]
+    assert len(everything) == len(CLASSES)
+    top = post(client, data, k=1).json()["predictions"]
+    assert top == everything[:1]
+
+
+@pytest.mark.parametrize("k", [0, -1, len(CLASSES) + 1])
+def test_k_out_of_range_is_422(client: TestClient, k: int) -> None:
+    response = post(client, encode_image(noise_image(), "PNG"), k=k)
+    assert response.status_code == 422
+    assert response.json() == {"detail": f"k must be between 1 and 3 (the number of classes), got {k}"}
+
+
+@pytest.mark.parametrize(("data", "status", "message"), [
+    (b"just some text, not an image", 415, "not an image in a supported format"),
+    (encode_image(noise_image(), "TIFF"), 415, "not an image in a supported format"),
+    (JPEG[: len(JPEG) // 2], 422, "corrupt or truncated image: image file is truncated"),
+    (encode_image(noise_image(), "PNG")[:20], 422, "corrupt image header"),
+    (b"", 422, "the uploaded file is empty"),
+    (png_declaring(20000, 20000), 413, "decompression bomb"),
+    (png_declaring(8000, 6000), 413, "48000000 pixels, more than the limit of 40000000"),
+], ids=BAD_INPUTS)
+def test_bad_input_is_a_clear_4xx_and_service_keeps_serving(client: TestClient, data: bytes, status: int,
+                                                            message: str) -> None:
+    response = post(client, data)
+    assert response.status_code == status
+    assert message in response.json()["detail"]
+    assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
+
+
+def test_missing_file_field_is_422(client: TestClient) -> None:
+    response = client.post("/predict", data={"other": "x"})
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+def test_upload_size_limits(served_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWERLAB_ROOT", str(served_root))
+    monkeypatch.setenv("FLOWERLAB_MAX_UPLOAD_BYTES", "2000")
+    small, large = encode_image(noise_image(8, 8), "PNG"), encode_image(noise_image(), "PNG")
+    assert len(small) < 2000 < len(large)
+    before = sample("flowerlab_http_requests_total", endpoint="/predict", status="413")
+    with TestClient(create_app()) as limited:
+        assert post(limited, small).status_code == 200
+        response = post(limited, large)  # body within the framing allowance, file over the limit
+        assert response.status_code == 413
+        assert response.json() == {"detail": "uploaded file is larger than the limit of 2000 bytes"}
+        huge = b"x" * 100_000
+        response = post(limited, huge)  # Content-Length over the limit: refused unread
+        assert response.status_code == 413
+        assert "request body is larger than the limit" in response.json()["detail"]
+        chunked = limited.post("/predict", content=iter([huge[:50_000], huge[50_000:]]),
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413
+        assert "request body is larger than the limit" in chunked.json()["detail"]
+        assert post(limited, small).status_code == 200
+    assert sample("flowerlab_http_requests_total", endpoint="/predict", status="413") - before == 3
+
+
+def test_health_and_ready(client: TestClient, served_root: Path) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "model": {"path": "models/classifier.pt2", "md5": file_md5(served_root / paths.CLASSIFIER),
+                  "source": "synthetic", "architecture": "resnet18", "image_size": IMAGE_SIZE,
+                  "num_classes": 3, "best_val_acc": 0.75},
+        "test_metrics": TEST_METRICS}
+
+
+def test_not_ready_before_startup() -> None:
+    unstarted = TestClient(create_app())  # no `with`: the lifespan has not run
+    assert unstarted.get("/health").status_code == 200
+    assert unstarted.get("/ready").status_code == 503
+    response = post(unstarted, encode_image(noise_image(), "PNG"))
+    assert (response.status_code, response.json()) == (503, {"detail": "model not loaded yet"})
+
+
+def test_test_metrics_only_when_dvc_lock_vouches_for_them(served_root: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    md5 = file_md5(served_root / paths.CLASSIFIER)
+    assert read_test_metrics(served_root, md5) == TEST_METRICS
+    assert read_test_metrics(served_root, "f" * 32) is None  # evaluated a different model
+    assert "the evaluate stage ran on model md5 " + md5 in caplog.text
+    stale = copy_root(served_root, tmp_path / "stale")
+    (stale / paths.EVALUATE_METRICS).unlink()
+    (stale / paths.EVALUATE_METRICS).write_text('{"accuracy": 0.9}')  # not the file dvc.lock records
+    assert read_test_metrics(stale, md5) is None
+    assert "not reporting metrics/evaluate.json: metrics/evaluate.json has md5" in caplog.text
+    (stale / paths.EVALUATE_METRICS).unlink()
+    assert read_test_metrics(stale, md5) is None
+
+
+def break_hash(root: Path) -> str:
+    write_lock(root, classifier_md5="0" * 32)
+    return "models/classifier.pt2 has md5 "
+
+
+def remove_model(root: Path) -> str:
+    (root / paths.CLASSIFIER).unlink()
+    return "models/classifier.pt2 is missing"
+
+
+def remove_lock(root: Path) -> str:
+    (root / paths.DVC_LOCK).unlink()
+    return "dvc.lock not found"
+
+
+@pytest.mark.parametrize("damage", [break_hash, remove_model, remove_lock])
+def test_refuses_to_start(served_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                          caplog: pytest.LogCaptureFixture, damage) -> None:
+    root = copy_root(served_root, tmp_path / "root")
+    message = damage(root)
+    monkeypatch.setenv("FLOWERLAB_ROOT", str(root))
+    with pytest.raises(RuntimeError, match=f"refusing to start: .*{message}"), TestClient(create_app()):
+        pass
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and r.name == "serve.app"]
+    assert len(errors) == 1 and errors[0].startswith("refusing to start: ") and message in errors[0]
+    if damage is break_hash:
+        assert "but dvc.lock records 00000000000000000000000000000000" in errors[0]
+
+
+def test_locked_output_finds_the_stage_output(tmp_path: Path) -> None:
+    lock = tmp_path / "dvc.lock"
+    lock.write_text("schema: '2.0'\nstages:\n  train:\n    outs:\n    - path: ./models/classifier.pt2\n"
+                    "      hash: md5\n      md5: 0123abcd\n      size: 4\n")
+    assert locked_output(lock, "models/classifier.pt2") == "0123abcd"
+    assert locked_output(lock, "models/classifier.pt2", stage="train") == "0123abcd"
+    with pytest.raises(ModelLoadError, match="no stage 'train_vae'"):
+        locked_output(lock, "models/vae_encoder.pt2", stage="train_vae")
+    with pytest.raises(ModelLoadError, match="records no output models/vae_encoder.pt2 in any stage"):
+        locked_output(lock, "models/vae_encoder.pt2")
+
+
+def test_inference_runs_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    loops: list[bool] = []
+    original = ClassifierPredictor.predict
+
+    def recording_predict(self: ClassifierPredictor, images: torch.Tensor) -> torch.Tensor:
+        try:
+            asyncio.get_running_loop()
+            loops.append(True)
+        except RuntimeError:
+            loops.append(False)
+        return original(self, images)
+
+    monkeypatch.setattr(ClassifierPredictor, "predict", recording_predict)
+    assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
+    assert loops == [False]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"classes": ["a", "b", "c", "d"]}, "shape (1, 3) for one image, but its metadata lists 4 classes"),
+    ({"image_size": 48}, "fails on one blank 48x48 image"),
+    ({"kind": "vae"}, "has unusable metadata"),
+    ({"classes": []}, "has unusable metadata"),
+])
+def test_predictor_refuses_a_model_its_metadata_misdescribes(reference: torch.nn.Module, change: dict,
+                                                             message: str) -> None:
+    loaded = LoadedArtifact(CLASSIFIER, reference, {**classifier_meta(), **change}, "0" * 32)
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        ClassifierPredictor(loaded, max_pixels=1000)
+
+
+def test_concurrent_requests_get_the_same_answer(client: TestClient) -> None:
+    images = [encode_image(noise_image(seed=seed), "PNG") for seed in range(3)]
+    alone = [post(client, data, k=3).json() for data in images]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        together = list(pool.map(lambda i: post(client, images[i % 3], k=3).json(), range(12)))
+    assert together == [alone[i % 3] for i in range(12)]
+    assert alone[0] != alone[1]
+
+
+def test_metrics_count_requests_rejections_and_latency(client: TestClient) -> None:
+    before = (sample("flowerlab_http_requests_total", endpoint="/predict", status="415"),
+              sample("flowerlab_rejected_inputs_total", reason="unsupported_format"),
+              sample("flowerlab_prediction_seconds_count"))
+    assert post(client, b"not an image").status_code == 415
+    assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
+    after = (sample("flowerlab_http_requests_total", endpoint="/predict", status="415"),
+             sample("flowerlab_rejected_inputs_total", reason="unsupported_format"),
+             sample("flowerlab_prediction_seconds_count"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [1, 1, 1]
+    text = client.get("/metrics").text
+    assert 'flowerlab_http_requests_total{endpoint="/predict",status="200"}' in text
+    assert 'flowerlab_rejected_inputs_total{reason="unsupported_format"}' in text
+
+
+def test_openapi_documents_every_response(client: TestClient) -> None:
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    predict = schema["paths"]["/predict"]["post"]["responses"]
+    assert set(predict) >= {"200", "413", "415", "422", "503"}
+    ok = predict["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/PredictResponse"}
+    assert predict["422"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ValidationErrorResponse"}
+    assert "ReadyResponse" in schema["components"]["schemas"]

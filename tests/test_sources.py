@@ -1,0 +1,211 @@
+"""Each data source on a miniature on-disk copy: items, labels, splits, and bad files reported."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torchvision.datasets.flowers102 as tv_flowers102
+
+from flowerlab.config import DataParams, Source
+from flowerlab.sources import FLOWERS102_CLASSES, FLOWERS102_URL, SourceError, read_source
+from flowerlab.store import prepare_images
+from tests.fixtures import (
+    CLASS_COLOURS,
+    grey_of,
+    make_flowers102,
+    make_imagefolder,
+    make_tensor_folder,
+    patch_flowers102_md5,
+)
+
+SIZE = 16
+
+
+def _read(source: Source, path, **extra):
+    return read_source(DataParams(source=source, path=str(path), image_size=SIZE, **extra), seed=0)
+
+
+def _prepare(raw, source: str):
+    return prepare_images(raw, SIZE, source, progress=False)
+
+
+# --- flowers102 -------------------------------------------------------------------------------
+
+
+def test_flowers102_items_labels_and_official_split(tmp_path, monkeypatch):
+    fixture = make_flowers102(tmp_path)
+    patch_flowers102_md5(monkeypatch, fixture)
+    raw = _read(Source.flowers102, tmp_path, download=False)
+
+    assert raw.classes == list(FLOWERS102_CLASSES)
+    assert len(raw.classes) == len(set(raw.classes)) == 102
+    assert raw.classes[0] == "pink primrose" and raw.classes[101] == "blackberry lily"
+    ids = fixture.setid["trnid"] + fixture.setid["valid"] + fixture.setid["tstid"]
+    assert [item.name for item in raw.items] == [f"image_{i:05d}.jpg" for i in ids]
+    assert [item.label for item in raw.items] == [fixture.labels[i - 1] - 1 for i in ids]
+    assert {item.label for item in raw.items} == {0, 6, 101}  # 1-based 1, 7, 102 in the file
+    assert [item.split for item in raw.items] == ["train"] * 3 + ["val"] * 3 + ["test"] * 3
+    assert raw.has_official_split
+
+    data, skipped = _prepare(raw, "flowers102")
+    assert skipped == []
+    assert data.official_split == {"train": [0, 1, 2], "val": [3, 4, 5], "test": [6, 7, 8]}
+    assert data.images.shape == (9, SIZE, SIZE, 3)
+    for index, image_id in enumerate(ids):  # each stored image is the file its item names
+        assert np.abs(data.images[index].astype(int) - grey_of(image_id)).max() <= 3
+
+
+def test_flowers102_missing_image_is_skipped_and_official_split_reindexed(tmp_path, monkeypatch):
+    fixture = make_flowers102(tmp_path, missing_images=(5,))  # 5 is in the val split
+    patch_flowers102_md5(monkeypatch, fixture)
+    data, skipped = _prepare(_read(Source.flowers102, tmp_path, download=False), "flowers102")
+    assert [entry["file"] for entry in skipped] == ["image_00005.jpg"]
+    assert data.official_split == {"train": [0, 1, 2], "val": [3, 4], "test": [5, 6, 7]}
+    assert data.labels.tolist() == [0, 101, 6, 0, 6, 0, 101, 6]
+
+
+def test_flowers102_present_files_are_not_downloaded_again(tmp_path, monkeypatch):
+    fixture = make_flowers102(tmp_path)
+    patch_flowers102_md5(monkeypatch, fixture)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("downloaded although the files are present")
+
+    monkeypatch.setattr(tv_flowers102, "download_and_extract_archive", no_download)
+    monkeypatch.setattr(tv_flowers102, "download_url", no_download)
+    assert len(_read(Source.flowers102, tmp_path, download=True).items) == 9
+
+
+def test_flowers102_missing_files_offline_says_how_to_get_them(tmp_path):
+    with pytest.raises(SourceError) as caught:
+        _read(Source.flowers102, tmp_path, download=False)
+    message = str(caught.value)
+    assert FLOWERS102_URL in message
+    for name in ("102flowers.tgz", "imagelabels.mat", "setid.mat", "data.download: true"):
+        assert name in message
+    assert str(tmp_path / "flowers-102") in message
+
+
+def test_flowers102_wrong_md5_is_a_source_error(tmp_path):
+    make_flowers102(tmp_path)  # the fixture's .mat files do not match torchvision's md5s
+    with pytest.raises(SourceError, match="not available"):
+        _read(Source.flowers102, tmp_path, download=False)
+
+
+def test_flowers102_download_without_network_is_a_source_error(tmp_path, monkeypatch):
+    calls = []
+
+    def offline(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_flowers102, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tv_flowers102, "download_url", offline)
+    with pytest.raises(SourceError) as caught:
+        _read(Source.flowers102, tmp_path, download=True)
+    message = str(caught.value)
+    assert calls and calls[0].startswith(FLOWERS102_URL)
+    assert "name resolution" in message
+    assert "download failed" in message
+    assert FLOWERS102_URL in message
+    assert "\n" not in message
+
+
+# --- imagefolder ------------------------------------------------------------------------------
+
+
+def test_imagefolder_keeps_good_images_and_reports_bad_files(tmp_path):
+    fixture = make_imagefolder(tmp_path / "raw")
+    raw = _read(Source.imagefolder, fixture.root)
+    assert raw.classes == fixture.classes == ["daisy", "rose", "tulip"]
+    assert not raw.has_official_split
+    assert len(raw.items) == len(fixture.good) + len(fixture.bad)
+
+    data, skipped = _prepare(raw, "imagefolder")
+    reasons = {entry["file"]: entry["reason"] for entry in skipped}
+    assert set(reasons) == set(fixture.bad)
+    for name, fragment in fixture.bad.items():
+        assert fragment in reasons[name], (name, reasons[name])
+
+    kept = [item for item in raw.items if item.name in fixture.good]
+    assert data.images.shape == (len(fixture.good), SIZE, SIZE, 3)
+    assert data.labels.tolist() == [fixture.good[item.name] for item in kept]
+    for image, label in zip(data.images, data.labels):  # the pixels agree with the label
+        colour = np.array(CLASS_COLOURS[fixture.classes[label]])
+        assert np.abs(image.reshape(-1, 3).mean(axis=0) - colour).max() < 6
+
+
+def test_imagefolder_missing_folder_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="image folder not found"):
+        _read(Source.imagefolder, tmp_path / "nowhere")
+
+
+def test_imagefolder_without_class_folders_is_a_source_error(tmp_path):
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(SourceError, match="cannot read image folder"):
+        _read(Source.imagefolder, tmp_path)
+
+
+# --- tensors ----------------------------------------------------------------------------------
+
+
+def test_tensors_layouts_are_converted_and_bad_files_reported(tmp_path):
+    fixture = make_tensor_folder(tmp_path)
+    raw = _read(Source.tensors, tmp_path)
+    assert raw.classes == fixture.classes
+    assert [item.name for item in raw.items] == [file for file, _ in fixture.csv_rows]
+
+    data, skipped = _prepare(raw, "tensors")
+    reasons = {entry["file"]: entry["reason"] for entry in skipped}
+    assert set(reasons) == set(fixture.bad)
+    for name, fragment in fixture.bad.items():
+        assert fragment in reasons[name], (name, reasons[name])
+        assert "\n" not in reasons[name]
+
+    assert data.images.shape == (3, SIZE, SIZE, 3) and data.images.dtype == np.uint8
+    for index, (file, (label, rgb)) in enumerate(fixture.good.items()):
+        assert data.labels[index] == label, file
+        assert (data.images[index] == np.array(rgb, dtype=np.uint8)).all(), file
+
+
+def test_tensors_numeric_labels_sort_by_value(tmp_path):
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text(
+        "file,label\nuint8_chw.pt,10\nfloat_chw.pt, 2\ngray_hw.pt,0\n")
+    raw = _read(Source.tensors, tmp_path)
+    assert raw.classes == ["0", "2", "10"]
+    assert [item.label for item in raw.items] == [2, 1, 0]
+
+
+def test_tensors_custom_csv_name(tmp_path):
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").rename(tmp_path / "classes.csv")
+    assert len(_read(Source.tensors, tmp_path, labels_csv="classes.csv").items) == 6
+
+
+def test_tensors_missing_csv_is_a_source_error(tmp_path):
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").unlink()
+    with pytest.raises(SourceError, match="label CSV not found"):
+        _read(Source.tensors, tmp_path)
+
+
+@pytest.mark.parametrize("text", ["uint8_chw.pt,rose\ngray_hw.pt,tulip\n",  # no header
+                                  "path,class\nuint8_chw.pt,rose\n",  # wrong header
+                                  "file,label\n",  # header only
+                                  ""])
+def test_tensors_csv_without_the_right_header_is_a_source_error(tmp_path, text):
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(SourceError, match="'file' and 'label'"):
+        _read(Source.tensors, tmp_path)
+
+
+@pytest.mark.parametrize("row", ["gray_hw.pt", "gray_hw.pt,", ",rose"])
+def test_tensors_csv_row_without_file_or_label_is_a_source_error(tmp_path, row):
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").write_text(f"file,label\nuint8_chw.pt,rose\n{row}\n")
+    with pytest.raises(SourceError, match=r"line\(s\) \[3\]"):
+        _read(Source.tensors, tmp_path)
