@@ -23,7 +23,9 @@ def load_split(path: Path | str) -> dict[str, list[int]]:
 def train_transform(image_size: int, crop_scale_min: float, trivial_augment: bool,
                     random_erasing: float) -> v2.Compose:
     """Training augmentation on uint8 tensors, ending in float images in [0, 1]."""
-    steps = [v2.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), antialias=True),
+    # Near-square crops only: petal shapes are class features, so keep them undistorted.
+    steps = [v2.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), ratio=(0.9, 1.1),
+                                  antialias=True),
              v2.RandomHorizontalFlip()]
     if trivial_augment:
         steps.append(v2.TrivialAugmentWide())

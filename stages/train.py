@@ -5,7 +5,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 
 from flowerlab import paths
 from flowerlab.cli import run_stage
@@ -34,7 +34,7 @@ def main() -> None:
         num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision,
         deterministic=True, log_every_n_steps=10,
         logger=DVCLiveLogger(dir=paths.TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False),
-        callbacks=[checkpoint, LearningRateMonitor("epoch"),
+        callbacks=[checkpoint, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=10),
                    EarlyStopping("val/acc", mode="max", patience=train.patience)])
     trainer.fit(model, datamodule=data)
 

@@ -25,6 +25,7 @@ from flowerlab.imaging import decode_image, square_resize
 from serve.app import app, create_app
 from serve.predictor import ClassifierPredictor
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
+from serve.rejections import UploadLimit
 from serve.testing import (
     CLASSES,
     IMAGE_SIZE,
@@ -198,6 +199,24 @@ def test_upload_size_limits(served_root: Path, monkeypatch: pytest.MonkeyPatch) 
         assert "request body is larger than the limit" in chunked.json()["detail"]
         assert post(limited, small).status_code == 200
     assert sample("flowerlab_http_requests_total", endpoint="/predict", status="413") - before == 3
+
+
+def test_declared_content_length_over_the_limit_is_refused_unread() -> None:
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise AssertionError("the body was read")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def endpoint(scope: dict, receive, send) -> None:
+        await receive()
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"11")]}
+    asyncio.run(UploadLimit(endpoint, limit=lambda scope: 10)(scope, receive, send))
+    assert sent[0]["status"] == 413
+    assert sent[1]["body"] == b'{"detail":"request body is larger than the limit of 10 bytes"}'
 
 
 def test_health_and_ready(client: TestClient, served_root: Path) -> None:

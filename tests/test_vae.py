@@ -19,7 +19,7 @@ from flowerlab.vae_metrics import (
     reconstruction_metrics,
 )
 from flowerlab.vae_training import vae_transform
-from tests.fixtures import run_stage, write_params
+from tests.fixtures import run_stages, write_params
 
 TINY = {"data.samples_per_class": 3, "data.image_size": 16, "vae.image_size": 16,
         "vae.epochs": 1, "vae.batch_size": 32, "vae.width": 8, "vae.latent_dim": 4}
@@ -167,13 +167,13 @@ def test_transform_and_grids() -> None:
     assert grid.size == (4 * 17 + 1, 4 * 17 + 1)
 
 
-def test_stages_on_tiny_data(tmp_path) -> None:
+def test_stages_on_tiny_data(tmp_path, monkeypatch) -> None:
     from flowerlab.model import ExportedClassifier, ImageClassifier
+    from stages import evaluate_vae
 
     write_params(tmp_path, TINY)
-    for stage in ("prepare", "split", "train_vae"):
-        result = run_stage(stage, tmp_path)
-        assert result.returncode == 0, result.stderr
+    result = run_stages(tmp_path, "prepare", "split", "train_vae")
+    assert result.returncode == 0, result.stderr
     torch.manual_seed(0)  # an untrained stand-in for the train stage's classifier
     export_program(ExportedClassifier(ImageClassifier(102)), torch.rand(2, 3, 16, 16),
                    tmp_path / "models/classifier.pt2", {"image_size": 16})
@@ -188,10 +188,10 @@ def test_stages_on_tiny_data(tmp_path) -> None:
                  "metrics/lr-Adam.tsv", "images/reconstructions.png", "images/samples.png"):
         assert (logged / name).is_file(), name
 
+    monkeypatch.chdir(tmp_path)  # the stage reads and writes relative to the working directory
     outputs = []
     for _ in range(2):
-        result = run_stage("evaluate_vae", tmp_path)
-        assert result.returncode == 0, result.stderr
+        evaluate_vae.main()
         outputs.append((tmp_path / "metrics/vae.json").read_text())
     assert outputs[0] == outputs[1]  # deterministic for the same seed
     metrics = json.loads(outputs[0])
