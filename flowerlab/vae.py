@@ -67,7 +67,7 @@ class ConvVAE(nn.Module):
         up = [nn.Unflatten(1, (widths[-1], self.grid, self.grid))]  # keeps the batch dim dynamic
         for c_in, c_out in zip(widths[:0:-1], widths[-2::-1]):
             up += _block(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), c_out)
-        # The last layer maps straight to RGB (no full-resolution hidden layer): a third of the cost.
+        # Straight to RGB at full resolution: a hidden full-resolution layer would cost more than the rest.
         self.decoder = nn.Sequential(*up, nn.ConvTranspose2d(width, channels, 4, stride=2, padding=1),
                                      nn.Sigmoid())
 

@@ -1,4 +1,5 @@
-"""HTTP API: /predict, /health, /ready and /metrics. Run with ``uvicorn serve.app:app``.
+"""HTTP API: /predict, /reconstruct, /generate, /health, /ready, /metrics and the web page at /.
+Run with ``uvicorn serve.app:app``.
 
 Startup loads only the model files that dvc.lock records, and refuses to start otherwise.
 """
@@ -10,18 +11,35 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import Response
+from starlette.responses import FileResponse, Response
 from starlette.types import Scope
 
-from serve.monitoring import PREDICTION_SECONDS, RequestMetrics, metrics_response
-from serve.predictor import ClassifierPredictor
-from serve.registry import CLASSIFIER, ModelLoadError, load_artifacts, read_test_metrics
+from serve.monitoring import (
+    GENERATED_SAMPLES,
+    GENERATION_SECONDS,
+    PREDICTION_SECONDS,
+    RECONSTRUCTION_SECONDS,
+    RequestMetrics,
+    metrics_response,
+)
+from serve.predictor import MAX_SAMPLES, MAX_SEED, ClassifierPredictor, VaePredictor
+from serve.registry import (
+    CLASSIFIER,
+    VAE_DECODER,
+    VAE_ENCODER,
+    ModelLoadError,
+    load_artifacts,
+    read_test_metrics,
+    read_vae_metrics,
+)
 from serve.rejections import (
     MULTIPART_OVERHEAD_BYTES,
     InputRejected,
@@ -31,19 +49,26 @@ from serve.rejections import (
     too_large,
 )
 from serve.schemas import (
-    ErrorResponse,
+    PNG_RESPONSE,
+    SEED_HEADER,
+    GenerateResponse,
     HealthResponse,
+    ModelFile,
     ModelInfo,
     PredictResponse,
     ReadyResponse,
     TestMetrics,
-    ValidationErrorResponse,
+    VaeInfo,
+    VaeMetrics,
+    error_responses,
 )
 from serve.settings import ServeSettings
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_K = 5
+DEFAULT_SAMPLES = 64
+STATIC_DIR = Path(__file__).parent / "static"
 
 
 @dataclass(frozen=True)
@@ -52,25 +77,42 @@ class Service:
 
     settings: ServeSettings
     predictor: ClassifierPredictor
+    vae: VaePredictor
     ready: ReadyResponse
+
+
+def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what: str) -> Any:
+    """``raw`` as ``schema``, or None (logged) when absent or not shaped as expected."""
+    if raw is None:
+        return None
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        logger.warning("not reporting %s, unexpected content: %s", what, error)
+        return None
 
 
 def build_service(settings: ServeSettings) -> Service:
     """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError."""
     loaded = load_artifacts(settings.root)
-    classifier = loaded[CLASSIFIER.name]
+    classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
     predictor = ClassifierPredictor(classifier, settings.max_pixels)
-    meta = predictor.meta
+    vae = VaePredictor(encoder, decoder, settings.max_pixels)
+    meta, vae_meta = predictor.meta, vae.meta
     info = ModelInfo(path=CLASSIFIER.path, md5=classifier.md5, source=meta.source,
                      architecture=meta.architecture, image_size=meta.image_size,
                      num_classes=predictor.num_classes, best_val_acc=meta.best_val_acc)
-    test_metrics = None
-    if (raw := read_test_metrics(settings.root, classifier.md5)) is not None:
-        try:
-            test_metrics = TestMetrics.model_validate(raw)
-        except ValidationError as error:
-            logger.warning("not reporting test metrics, unexpected content: %s", error)
-    return Service(settings, predictor, ReadyResponse(model=info, test_metrics=test_metrics))
+    vae_info = VaeInfo(encoder=ModelFile(path=VAE_ENCODER.path, md5=encoder.md5),
+                       decoder=ModelFile(path=VAE_DECODER.path, md5=decoder.md5),
+                       source=vae_meta.source, architecture=vae_meta.architecture,
+                       latent_dim=vae_meta.latent_dim, image_size=vae_meta.image_size, beta=vae_meta.beta,
+                       loss=vae_meta.loss, best_val_loss=vae_meta.best_val_loss)
+    test_metrics = validated_metrics(TestMetrics, read_test_metrics(settings.root, classifier.md5),
+                                     "test metrics")
+    vae_metrics = validated_metrics(
+        VaeMetrics, read_vae_metrics(settings.root, encoder.md5, decoder.md5, classifier.md5), "VAE metrics")
+    return Service(settings, predictor, vae, ReadyResponse(model=info, test_metrics=test_metrics,
+                                                           vae=vae_info, vae_metrics=vae_metrics))
 
 
 @asynccontextmanager
@@ -84,8 +126,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logger.error("refusing to start: %s", error)
         raise RuntimeError(f"refusing to start: {error}") from None
     app.state.service = service
-    logger.info("serving %s (md5 %s) from %s", CLASSIFIER.path, service.ready.model.md5,
-                settings.root.resolve())
+    logger.info("serving %s (md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
+                CLASSIFIER.path, service.ready.model.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,
+                VAE_DECODER.path, service.ready.vae.decoder.md5, settings.root.resolve())
     try:
         yield
     finally:
@@ -107,25 +150,23 @@ def current_service(request: Request) -> Service:
     return service
 
 
-ERROR_DESCRIPTIONS = {
-    413: "upload over FLOWERLAB_MAX_UPLOAD_BYTES, or image over FLOWERLAB_MAX_PIXELS (decompression bomb)",
-    415: "not an image in a supported format",
-    422: "bad k, empty file, truncated or corrupt image (detail is a string), "
-         "or a malformed request such as a missing field (detail is FastAPI's list of errors)",
-    503: "model not loaded yet",
-}
+async def read_upload(service: Service, file: UploadFile) -> bytes:
+    """The uploaded file's bytes: 413 over the upload limit, 422 when empty."""
+    limit = service.settings.max_upload_bytes
+    data = await file.read(limit + 1)  # never more than the limit, whatever the part claims
+    if len(data) > limit:
+        raise too_large(limit, "uploaded file")
+    if not data:
+        raise InputRejected(422, "empty", "the uploaded file is empty")
+    return data
 
 
-def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI entries for the error codes an endpoint can answer."""
-    return {code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse,
-                   "description": ERROR_DESCRIPTIONS[code]} for code in codes}
-
+ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame)")]
 
 def create_app() -> FastAPI:
     """The FastAPI application; models load when its lifespan starts."""
-    app = FastAPI(title="flowerlab", summary="Flower classifier served from the DVC pipeline's outputs",
-                  lifespan=lifespan)
+    app = FastAPI(title="flowerlab", lifespan=lifespan,
+                  summary="Flower classifier and VAE served from the DVC pipeline's outputs")
     app.state.service = None
     app.add_exception_handler(InputRejected, handle_input_rejected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
@@ -139,13 +180,13 @@ def create_app() -> FastAPI:
 
     @app.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
     def ready(request: Request) -> ReadyResponse:
-        """Readiness: the model is loaded; describes it and its test metrics."""
+        """Readiness: the models are loaded; describes them and their evaluation metrics."""
         return current_service(request).ready
 
     @app.post("/predict", response_model=PredictResponse, responses=error_responses(413, 415, 422, 503))
     async def predict(
         request: Request,
-        file: Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame)")],
+        file: ImageUpload,
         k: Annotated[int | None, Query(description="how many classes to return, 1 to the number of "
                                                     "classes; default 5, or all classes if fewer")] = None,
     ) -> PredictResponse:
@@ -156,12 +197,7 @@ def create_app() -> FastAPI:
         if not 1 <= k <= num_classes:
             raise InputRejected(422, "bad_k", f"k must be between 1 and {num_classes} "
                                               f"(the number of classes), got {k}")
-        limit = service.settings.max_upload_bytes
-        data = await file.read(limit + 1)  # never more than the limit, whatever the part claims
-        if len(data) > limit:
-            raise too_large(limit, "uploaded file")
-        if not data:
-            raise InputRejected(422, "empty", "the uploaded file is empty")
+        data = await read_upload(service, file)
         start = time.perf_counter()
         # Decoding and inference block; keep them off the event loop.
         response = await run_in_threadpool(service.predictor, data, k)
@@ -170,9 +206,57 @@ def create_app() -> FastAPI:
         logger.debug("predicted %s in %.3f s", response.predictions[0].label, elapsed)
         return response
 
+    @app.post("/reconstruct", response_class=Response,
+              responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
+                         **error_responses(413, 415, 422, 503)})
+    async def reconstruct(request: Request, file: ImageUpload) -> Response:
+        """The VAE's reconstruction of one image: decoder(encoder mean), as a PNG at the VAE's size.
+
+        The upload is checked and preprocessed exactly as for /predict, at the VAE's image size.
+        """
+        service = current_service(request)
+        data = await read_upload(service, file)
+        start = time.perf_counter()
+        png = await run_in_threadpool(service.vae.reconstruction, data)
+        RECONSTRUCTION_SECONDS.observe(time.perf_counter() - start)
+        return Response(png, media_type="image/png")
+
+    @app.post("/generate", response_model=GenerateResponse,
+              responses={200: {**PNG_RESPONSE, "headers": SEED_HEADER,
+                               "description": "a PNG grid of the samples (format=png), or each sample "
+                                              "as a base64 PNG (format=json)"},
+                         **error_responses(422, 503)})
+    async def generate(
+        request: Request,
+        n: Annotated[int, Query(ge=1, le=MAX_SAMPLES, description=f"how many samples, 1 to {MAX_SAMPLES}")
+                     ] = DEFAULT_SAMPLES,
+        seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="the same seed gives the same "
+                                          "bytes; random (and returned in X-Seed) when omitted")] = None,
+        output_format: Annotated[Literal["png", "json"], Query(
+            alias="format", description="png: one grid, ceil(sqrt(n)) samples per row, 2-pixel padding; "
+                                        "json: {seed, images: [base64 PNG, ...]}")] = "png",
+    ) -> Any:
+        """New images from the VAE's decoder, with latents drawn from the prior N(0, I)."""
+        service = current_service(request)
+        start = time.perf_counter()
+        body, seed = await run_in_threadpool(service.vae.generation, n, seed, output_format == "json")
+        GENERATION_SECONDS.observe(time.perf_counter() - start)
+        GENERATED_SAMPLES.inc(n)
+        headers = {"X-Seed": str(seed)}
+        if isinstance(body, GenerateResponse):
+            return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+        return Response(body, media_type="image/png", headers=headers)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        """The web page: classify a photo, browse samples."""
+        return FileResponse(STATIC_DIR / "index.html")
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return metrics_response()
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     return app
 

@@ -1,28 +1,36 @@
-"""The classifier's request path, LitServe-shaped: decode_request -> predict -> encode_response.
+"""The request paths of the classifier and the VAE, LitServe-shaped:
+decode_request -> predict -> encode_response.
 
 ``predict`` takes a batch, so a dynamic-batching queue can later sit between decode and predict.
 Preprocessing is flowerlab.imaging's, the same functions prepare applied to every training and
-test image, and the model is the exported program evaluation ran.
+test image, and the models are the exported programs the evaluate stages ran.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
+import math
+import secrets
 import warnings
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from torchvision.utils import make_grid
 
 from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, decode_image, square_resize
 from serve.registry import LoadedArtifact, ModelLoadError
 from serve.rejections import InputRejected
-from serve.schemas import ClassifierMeta, Prediction, PredictResponse
+from serve.schemas import ClassifierMeta, GenerateResponse, Prediction, PredictResponse, VaeMeta
 
 logger = logging.getLogger(__name__)
 
 # Pillow's opener names (its JPEG opener also takes the MPO files many cameras write).
 ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+MAX_SAMPLES = 256  # per /generate request: 256 decoder outputs stay well under a second on CPU
+# Seeds stay exact in JavaScript numbers (the web page shows and reuses them).
+MAX_SEED = 2**53 - 1
 
 
 def sniff_format(data: bytes) -> str:
@@ -40,6 +48,20 @@ def sniff_format(data: bytes) -> str:
         raise InputRejected(413, "too_many_pixels", f"rejected as a decompression bomb: {error}") from None
     except (OSError, ValueError, EOFError) as error:  # Pillow's other parse errors become Unidentified
         raise InputRejected(422, "corrupt", f"corrupt image header: {error}") from None
+
+
+def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
+    """Upload bytes -> uint8 tensor (3, size, size), exactly as prepare stored the evaluated images."""
+    sniff_format(data)
+    try:
+        return square_resize(decode_image(data, max_pixels), size)
+    except ImageTooLargeError as error:
+        raise InputRejected(413, "too_many_pixels", str(error)) from None
+    except ImageDecodeError as error:
+        raise InputRejected(422, "corrupt", str(error)) from None
+    except Exception as error:  # a damaged file must be a 4xx, not a 500; the log shows what slipped by
+        logger.warning("decode failed with %s: %s", type(error).__name__, error)
+        raise InputRejected(422, "corrupt", f"cannot decode image: {error}") from None
 
 
 class ClassifierPredictor:
@@ -77,16 +99,7 @@ class ClassifierPredictor:
 
     def decode_request(self, data: bytes) -> torch.Tensor:
         """Upload bytes -> uint8 tensor (3, S, S), exactly as prepare stored the evaluated images."""
-        sniff_format(data)
-        try:
-            return square_resize(decode_image(data, self.max_pixels), self.image_size)
-        except ImageTooLargeError as error:
-            raise InputRejected(413, "too_many_pixels", str(error)) from None
-        except ImageDecodeError as error:
-            raise InputRejected(422, "corrupt", str(error)) from None
-        except Exception as error:  # a damaged file must be a 4xx, not a 500; the log shows what slipped by
-            logger.warning("decode failed with %s: %s", type(error).__name__, error)
-            raise InputRejected(422, "corrupt", f"cannot decode image: {error}") from None
+        return decode_upload(data, self.image_size, self.max_pixels)
 
     @torch.inference_mode()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -104,3 +117,103 @@ class ClassifierPredictor:
     def __call__(self, data: bytes, k: int) -> PredictResponse:
         """The whole path for one upload (a batch of one)."""
         return self.encode_response(self.predict(self.decode_request(data).unsqueeze(0))[0], k)
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """A float image (3, H, W) in [0, 1] as PNG bytes, rounded to 8 bits as evaluate_vae does."""
+    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.numpy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def grid_png(images: torch.Tensor) -> bytes:
+    """Float images (N, 3, S, S) as one PNG: ceil(sqrt(N)) per row, 2-pixel black padding."""
+    return to_png(make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2))
+
+
+class VaePredictor:
+    """Reconstruct uploads and sample the prior with the exported VAE halves; built once at startup."""
+
+    def __init__(self, encoder: LoadedArtifact, decoder: LoadedArtifact, max_pixels: int) -> None:
+        metas = []
+        for loaded, kind in ((encoder, "vae_encoder"), (decoder, "vae_decoder")):
+            try:
+                meta = VaeMeta.model_validate(loaded.meta)
+            except ValueError as error:
+                raise ModelLoadError(f"{loaded.artifact.path} has unusable metadata: {error}") from None
+            if meta.kind != kind:
+                raise ModelLoadError(f"{loaded.artifact.path} is a {meta.kind}, not a {kind}")
+            metas.append(meta)
+        self.meta, decoder_meta = metas
+        for key in ("latent_dim", "image_size"):
+            if getattr(self.meta, key) != getattr(decoder_meta, key):
+                raise ModelLoadError(f"the VAE halves disagree on {key}: {getattr(self.meta, key)} in "
+                                     f"{encoder.artifact.path}, {getattr(decoder_meta, key)} in "
+                                     f"{decoder.artifact.path}")
+        self.encoder, self.decoder, self.max_pixels = encoder.module, decoder.module, max_pixels
+        size, latent = self.image_size, self.latent_dim
+        # One dry run of each half at startup: fail now if they do not match their metadata.
+        try:
+            mu = self.encode(torch.zeros(1, 3, size, size, dtype=torch.uint8))
+            shape = tuple(self.decode(torch.zeros(1, latent)).shape)
+        except Exception as error:
+            raise ModelLoadError(f"the VAE fails on one blank {size}x{size} image or latent of size "
+                                 f"{latent}: {error}") from None
+        if tuple(mu.shape) != (1, latent) or shape != (1, 3, size, size):
+            raise ModelLoadError(f"the VAE maps a {size}x{size} image to a latent of shape {tuple(mu.shape)} "
+                                 f"and a latent to an image of shape {shape}; its metadata says "
+                                 f"latent_dim {latent}, image_size {size}")
+
+    @property
+    def image_size(self) -> int:
+        return self.meta.image_size
+
+    @property
+    def latent_dim(self) -> int:
+        return self.meta.latent_dim
+
+    @torch.inference_mode()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, S, S) -> posterior means (N, latent_dim); /255 as evaluate_vae."""
+        mu, _logvar = self.encoder(images.float() / 255)
+        return mu
+
+    @torch.inference_mode()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (N, latent_dim) -> float images (N, 3, S, S) in [0, 1]."""
+        return self.decoder(z)
+
+    # /reconstruct: upload bytes -> uint8 image -> decoder(encoder mean) -> PNG.
+    def decode_request(self, data: bytes) -> torch.Tensor:
+        return decode_upload(data, self.image_size, self.max_pixels)
+
+    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, 3, S, S) -> deterministic reconstructions, float in [0, 1]."""
+        return self.decode(self.encode(images))
+
+    def reconstruction(self, data: bytes) -> bytes:
+        """The whole /reconstruct path for one upload (a batch of one): PNG bytes, S x S."""
+        return to_png(self.reconstruct(self.decode_request(data).unsqueeze(0))[0])
+
+    # /generate: (n, seed) -> z ~ N(0, I) -> decoder -> a PNG grid, or one base64 PNG each.
+    def latents(self, n: int, seed: int) -> torch.Tensor:
+        """``n`` prior draws from a generator of its own: the global RNG is never touched."""
+        return torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
+
+    def samples(self, n: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
+        """``n`` decoded prior samples and the seed that reproduces them (random when None)."""
+        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
+        return self.decode(self.latents(n, seed)), seed
+
+    @staticmethod
+    def encode_samples(images: torch.Tensor, seed: int, as_json: bool) -> bytes | GenerateResponse:
+        if as_json:
+            return GenerateResponse(seed=seed, images=[base64.b64encode(to_png(image)).decode("ascii")
+                                                       for image in images])
+        return grid_png(images)
+
+    def generation(self, n: int, seed: int | None, as_json: bool) -> tuple[bytes | GenerateResponse, int]:
+        """The whole /generate path: the encoded samples and their seed."""
+        images, seed = self.samples(n, seed)
+        return self.encode_samples(images, seed, as_json), seed

@@ -22,6 +22,7 @@ from flowerlab.export import file_md5, load_program
 logger = logging.getLogger(__name__)
 
 EVALUATE_STAGE = "evaluate"
+EVALUATE_VAE_STAGE = "evaluate_vae"
 
 
 class ModelLoadError(RuntimeError):
@@ -38,8 +39,9 @@ class LockedArtifact:
 
 
 CLASSIFIER = LockedArtifact("classifier", "train", paths.CLASSIFIER)
-# The VAE joins as LockedArtifact("vae_encoder", "train_vae", paths.VAE_ENCODER) and the decoder alike.
-SERVED_ARTIFACTS: tuple[LockedArtifact, ...] = (CLASSIFIER,)
+VAE_ENCODER = LockedArtifact("vae_encoder", "train_vae", paths.VAE_ENCODER)
+VAE_DECODER = LockedArtifact("vae_decoder", "train_vae", paths.VAE_DECODER)
+SERVED_ARTIFACTS: tuple[LockedArtifact, ...] = (CLASSIFIER, VAE_ENCODER, VAE_DECODER)
 
 
 @dataclass(frozen=True)
@@ -126,20 +128,40 @@ def load_artifacts(root: Path, artifacts: tuple[LockedArtifact, ...] = SERVED_AR
     return {artifact.name: load_artifact(root, artifact, lock) for artifact in artifacts}
 
 
-def read_test_metrics(root: Path, model_md5: str) -> dict[str, Any] | None:
-    """metrics/evaluate.json, but only if dvc.lock shows it was computed from this very model."""
-    metrics_file = root / paths.EVALUATE_METRICS
+def read_vouched_metrics(root: Path, metrics_path: str, stage: str, models: dict[str, str]
+                         ) -> dict[str, Any] | None:
+    """``metrics_path``, but only if dvc.lock shows ``stage`` wrote this very file from these very
+    models (``models`` maps each model path to the md5 being served); otherwise None.
+    """
+    metrics_file = root / metrics_path
     if not metrics_file.is_file():
-        logger.info("no %s: /ready reports test_metrics as null", paths.EVALUATE_METRICS)
+        logger.info("no %s: /ready reports its metrics as null", metrics_path)
         return None
     try:
         lock = read_lock(root / paths.DVC_LOCK)
-        evaluated = locked_md5(lock, paths.CLASSIFIER, EVALUATE_STAGE, section="deps")
-        if evaluated != model_md5:
-            raise ModelLoadError(f"the evaluate stage ran on model md5 {evaluated}, not {model_md5}")
-        verified_md5(root, paths.EVALUATE_METRICS, locked_md5(lock, paths.EVALUATE_METRICS, EVALUATE_STAGE))
+        for model_path, model_md5 in models.items():
+            evaluated = locked_md5(lock, model_path, stage, section="deps")
+            if evaluated != model_md5:
+                raise ModelLoadError(f"the {stage} stage ran on {model_path} md5 {evaluated}, "
+                                     f"not {model_md5}")
+        verified_md5(root, metrics_path, locked_md5(lock, metrics_path, stage))
         return json.loads(metrics_file.read_text())
     except (ModelLoadError, OSError, ValueError) as error:
         # Stale metrics would misdescribe the model; leave them out rather than refuse to serve.
-        logger.warning("not reporting %s: %s", paths.EVALUATE_METRICS, error)
+        logger.warning("not reporting %s: %s", metrics_path, error)
         return None
+
+
+def read_test_metrics(root: Path, model_md5: str) -> dict[str, Any] | None:
+    """metrics/evaluate.json, but only if dvc.lock shows it was computed from this very model."""
+    return read_vouched_metrics(root, paths.EVALUATE_METRICS, EVALUATE_STAGE, {paths.CLASSIFIER: model_md5})
+
+
+def read_vae_metrics(root: Path, encoder_md5: str, decoder_md5: str, classifier_md5: str
+                     ) -> dict[str, Any] | None:
+    """metrics/vae.json, but only if dvc.lock shows evaluate_vae computed it from these very models.
+
+    The classifier counts too: it scores the samples (classifier_confidence, fd_classifier, ...).
+    """
+    return read_vouched_metrics(root, paths.VAE_METRICS, EVALUATE_VAE_STAGE, {
+        paths.VAE_ENCODER: encoder_md5, paths.VAE_DECODER: decoder_md5, paths.CLASSIFIER: classifier_md5})

@@ -1,4 +1,5 @@
-"""Pydantic models for every response (the /docs contract) and for the classifier's metadata."""
+"""Pydantic models for every response (the /docs contract), the models' metadata, and the OpenAPI
+entries for PNG and error responses."""
 
 from __future__ import annotations
 
@@ -18,6 +19,21 @@ class ClassifierMeta(BaseModel):
     image_size: PositiveInt
     source: str
     best_val_acc: float | None = None
+
+
+class VaeMeta(BaseModel):
+    """What the service needs from the metadata embedded in models/vae_{encoder,decoder}.pt2."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    kind: Literal["vae_encoder", "vae_decoder"]
+    architecture: str
+    latent_dim: PositiveInt
+    image_size: PositiveInt
+    beta: float
+    loss: str
+    source: str
+    best_val_loss: float | None = None
 
 
 class Prediction(BaseModel):
@@ -54,6 +70,23 @@ class TestMetrics(BaseModel):
     samples: int
 
 
+class VaeMetrics(BaseModel):
+    """metrics/vae.json as the evaluate_vae stage writes it."""
+
+    mse: float = Field(description="mean squared error per pixel of test reconstructions, range [0, 1]")
+    psnr: float = Field(description="PSNR of test reconstructions, dB")
+    ssim: float = Field(description="SSIM of test reconstructions")
+    kl: float = Field(description="mean KL divergence per test image, nats")
+    elbo_per_pixel: float = Field(description="negative ELBO per image dimension, nats")
+    classifier_confidence: float = Field(description="mean top-1 probability the classifier gives samples")
+    class_coverage: float = Field(description="fraction of classes the classifier predicts for samples")
+    fd_classifier: float = Field(description="Fréchet distance of samples to test images in classifier "
+                                             "feature space")
+    fd_classifier_reconstructions: float | None = None
+    samples: int | None = None
+    test_images: int | None = None
+
+
 class ModelInfo(BaseModel):
     path: str = Field(description="model file, relative to FLOWERLAB_ROOT")
     md5: str = Field(description="md5 of the file, as dvc.lock records it")
@@ -64,8 +97,52 @@ class ModelInfo(BaseModel):
     best_val_acc: float | None
 
 
+class ModelFile(BaseModel):
+    path: str = Field(description="model file, relative to FLOWERLAB_ROOT")
+    md5: str = Field(description="md5 of the file, as dvc.lock records it")
+
+
+class VaeInfo(BaseModel):
+    encoder: ModelFile
+    decoder: ModelFile
+    source: str = Field(description="data set the VAE was trained on")
+    architecture: str
+    latent_dim: int
+    image_size: int = Field(description="side of the square images it reconstructs and generates")
+    beta: float
+    loss: str
+    best_val_loss: float | None
+
+
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelInfo
     test_metrics: TestMetrics | None = Field(
         description="metrics/evaluate.json, or null when missing or not computed from this model")
+    vae: VaeInfo
+    vae_metrics: VaeMetrics | None = Field(
+        description="metrics/vae.json, or null when missing or not computed from these models")
+
+
+class GenerateResponse(BaseModel):
+    seed: int = Field(description="the seed that reproduces these samples")
+    images: list[str] = Field(description="one base64-encoded PNG per sample, image_size x image_size")
+
+
+ERROR_DESCRIPTIONS = {
+    413: "upload over FLOWERLAB_MAX_UPLOAD_BYTES, or image over FLOWERLAB_MAX_PIXELS (decompression bomb)",
+    415: "not an image in a supported format",
+    422: "bad k, empty file, truncated or corrupt image (detail is a string), "
+         "or a malformed request such as a missing field or an out-of-range query parameter "
+         "(detail is FastAPI's list of errors)",
+    503: "model not loaded yet",
+}
+PNG_RESPONSE = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
+SEED_HEADER = {"X-Seed": {"description": "the seed that reproduces this response",
+                          "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI entries for the error codes an endpoint can answer."""
+    return {code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse,
+                   "description": ERROR_DESCRIPTIONS[code]} for code in codes}

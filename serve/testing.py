@@ -1,4 +1,4 @@
-"""A small served root (untrained classifier, dvc.lock, test metrics) for tests and smoke runs.
+"""A small served root (untrained classifier and VAE, dvc.lock, metrics) for tests and smoke runs.
 
 ``python -m serve.testing DIR`` writes one; then ``FLOWERLAB_ROOT=DIR uvicorn serve.app:app``.
 """
@@ -20,26 +20,35 @@ from PIL import Image
 from flowerlab import paths
 from flowerlab.export import export_program, file_md5
 from flowerlab.model import ExportedClassifier, ImageClassifier
+from flowerlab.vae import ConvVAE, VaeDecoder, VaeEncoder
 
 CLASSES = ("daisy", "rose", "tulip")
 IMAGE_SIZE = 32
 TEST_METRICS = {"accuracy": 0.5, "top5_accuracy": 1.0, "macro_f1": 0.25, "loss": 1.5, "ece": 0.125,
                 "samples": 12}
+VAE_LATENT_DIM, VAE_WIDTH, VAE_IMAGE_SIZE = 4, 8, 16
+VAE_METRICS = {"mse": 0.0625, "psnr": 12.5, "ssim": 0.25, "kl": 3.5, "elbo_per_pixel": 0.125,
+               "classifier_confidence": 0.5, "class_coverage": 0.75, "fd_classifier": 42.0,
+               "fd_classifier_reconstructions": 21.0, "samples": 12, "test_images": 12}
 
 
-def write_lock(root: Path, classifier_md5: str | None = None) -> None:
-    """dvc.lock as DVC writes it for train and evaluate; ``classifier_md5`` overrides the real hash."""
-    def entry(path: str) -> dict:
+def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str | None = None) -> None:
+    """dvc.lock as DVC writes it for train, evaluate, train_vae and evaluate_vae;
+    ``classifier_md5`` and ``decoder_md5`` override the real hashes of those models."""
+    def entry(path: str, md5: str | None = None) -> dict:
         file = root / path
-        return {"path": path, "hash": "md5", "md5": file_md5(file), "size": file.stat().st_size}
+        return {"path": path, "hash": "md5", "md5": md5 or file_md5(file), "size": file.stat().st_size}
 
-    model = entry(paths.CLASSIFIER)
-    if classifier_md5 is not None:
-        model["md5"] = classifier_md5
+    model = entry(paths.CLASSIFIER, classifier_md5)
+    encoder, decoder = entry(paths.VAE_ENCODER), entry(paths.VAE_DECODER, decoder_md5)
     lock = {"schema": "2.0", "stages": {
         "train": {"cmd": "python -m stages.train", "outs": [model]},
         "evaluate": {"cmd": "python -m stages.evaluate", "deps": [dict(model)],
-                     "outs": [entry(paths.EVALUATE_METRICS)]}}}
+                     "outs": [entry(paths.EVALUATE_METRICS)]},
+        "train_vae": {"cmd": "python -m stages.train_vae", "outs": [encoder, decoder]},
+        "evaluate_vae": {"cmd": "python -m stages.evaluate_vae",
+                         "deps": [dict(model), dict(encoder), dict(decoder)],
+                         "outs": [entry(paths.VAE_METRICS)]}}}
     (root / paths.DVC_LOCK).write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
@@ -52,15 +61,34 @@ def classifier_meta() -> dict:
             "normalisation": {"built_in": True}, "outputs": ["logits", "features"], "best_val_acc": 0.75}
 
 
+def vae_meta(kind: str) -> dict:
+    """Metadata shaped like the train_vae stage's (stages/train_vae.py)."""
+    size, latent = VAE_IMAGE_SIZE, VAE_LATENT_DIM
+    images = f"float32 RGB in [0, 1], shape (N, 3, {size}, {size})"
+    meta = {"kind": kind, "architecture": "conv-vae", "latent_dim": latent, "width": VAE_WIDTH,
+            "image_size": size, "beta": 1.0, "loss": "mse", "prior": "N(0, I)", "num_classes": len(CLASSES),
+            "source": "synthetic", "best_val_loss": 123.5}
+    if kind == "vae_encoder":
+        return {**meta, "input": images, "outputs": ["mu", "logvar"]}
+    return {**meta, "input": f"float32 latents, shape (N, {latent})", "output": images}
+
+
 def write_served_root(root: Path, seed: int = 0) -> Path:
-    """Export an untrained 3-class classifier at 32x32, write its test metrics and dvc.lock."""
+    """Export an untrained 3-class classifier at 32x32 and an untrained VAE at 16x16, write their
+    metrics and dvc.lock."""
     torch.manual_seed(seed)
     module = ExportedClassifier(ImageClassifier(len(CLASSES)))
     export_program(module, torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), root / paths.CLASSIFIER,
                    classifier_meta())
-    metrics = root / paths.EVALUATE_METRICS
-    metrics.parent.mkdir(parents=True, exist_ok=True)
-    metrics.write_text(json.dumps(TEST_METRICS))
+    vae = ConvVAE(VAE_LATENT_DIM, VAE_WIDTH, VAE_IMAGE_SIZE)
+    size = VAE_IMAGE_SIZE
+    export_program(VaeEncoder(vae), torch.rand(2, 3, size, size), root / paths.VAE_ENCODER,
+                   vae_meta("vae_encoder"))
+    export_program(VaeDecoder(vae), torch.randn(2, VAE_LATENT_DIM), root / paths.VAE_DECODER,
+                   vae_meta("vae_decoder"))
+    for path, values in ((paths.EVALUATE_METRICS, TEST_METRICS), (paths.VAE_METRICS, VAE_METRICS)):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(json.dumps(values))
     write_lock(root)
     return root
 

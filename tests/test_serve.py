@@ -30,6 +30,9 @@ from serve.testing import (
     CLASSES,
     IMAGE_SIZE,
     TEST_METRICS,
+    VAE_IMAGE_SIZE,
+    VAE_LATENT_DIM,
+    VAE_METRICS,
     classifier_meta,
     encode_image,
     noise_image,
@@ -228,7 +231,12 @@ def test_health_and_ready(client: TestClient, served_root: Path) -> None:
         "model": {"path": "models/classifier.pt2", "md5": file_md5(served_root / paths.CLASSIFIER),
                   "source": "synthetic", "architecture": "resnet18", "image_size": IMAGE_SIZE,
                   "num_classes": 3, "best_val_acc": 0.75},
-        "test_metrics": TEST_METRICS}
+        "test_metrics": TEST_METRICS,
+        "vae": {"encoder": {"path": paths.VAE_ENCODER, "md5": file_md5(served_root / paths.VAE_ENCODER)},
+                "decoder": {"path": paths.VAE_DECODER, "md5": file_md5(served_root / paths.VAE_DECODER)},
+                "source": "synthetic", "architecture": "conv-vae", "latent_dim": VAE_LATENT_DIM,
+                "image_size": VAE_IMAGE_SIZE, "beta": 1.0, "loss": "mse", "best_val_loss": 123.5},
+        "vae_metrics": VAE_METRICS}
 
 
 def test_not_ready_before_startup() -> None:
@@ -244,7 +252,7 @@ def test_test_metrics_only_when_dvc_lock_vouches_for_them(served_root: Path, tmp
     md5 = file_md5(served_root / paths.CLASSIFIER)
     assert read_test_metrics(served_root, md5) == TEST_METRICS
     assert read_test_metrics(served_root, "f" * 32) is None  # evaluated a different model
-    assert "the evaluate stage ran on model md5 " + md5 in caplog.text
+    assert "the evaluate stage ran on models/classifier.pt2 md5 " + md5 in caplog.text
     stale = copy_root(served_root, tmp_path / "stale")
     (stale / paths.EVALUATE_METRICS).unlink()
     (stale / paths.EVALUATE_METRICS).write_text('{"accuracy": 0.9}')  # not the file dvc.lock records

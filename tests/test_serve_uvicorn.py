@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -56,10 +57,11 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path) -> httpx.Response
     raise AssertionError(f"uvicorn not ready after {STARTUP_SECONDS} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def server(served_root: Path, tmp_path: Path) -> Iterator[tuple[str, httpx.Response]]:
-    port, log = free_port(), tmp_path / "uvicorn.log"
-    process = start_uvicorn(served_root, port, log)
+@contextmanager
+def uvicorn_server(root: Path, log: Path) -> Iterator[tuple[str, httpx.Response]]:
+    """A uvicorn process serving ``root`` on a free port: its URL and first /ready answer."""
+    port = free_port()
+    process = start_uvicorn(root, port, log)
     try:
         url = f"http://127.0.0.1:{port}"
         yield url, wait_ready(process, url, log)
@@ -70,6 +72,12 @@ def server(served_root: Path, tmp_path: Path) -> Iterator[tuple[str, httpx.Respo
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture
+def server(served_root: Path, tmp_path: Path) -> Iterator[tuple[str, httpx.Response]]:
+    with uvicorn_server(served_root, tmp_path / "uvicorn.log") as started:
+        yield started
 
 
 def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_root: Path) -> None:
@@ -90,10 +98,10 @@ def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_r
 
 def test_uvicorn_refuses_to_start_on_hash_mismatch(served_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    (root / "models").mkdir(parents=True)
-    os.link(served_root / paths.CLASSIFIER, root / paths.CLASSIFIER)
-    (root / "metrics").mkdir()
-    os.link(served_root / paths.EVALUATE_METRICS, root / paths.EVALUATE_METRICS)
+    for path in (paths.CLASSIFIER, paths.VAE_ENCODER, paths.VAE_DECODER, paths.EVALUATE_METRICS,
+                 paths.VAE_METRICS):
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        os.link(served_root / path, root / path)
     write_lock(root, classifier_md5="0" * 32)
     log = tmp_path / "uvicorn.log"
     process = start_uvicorn(root, free_port(), log)
