@@ -2,7 +2,7 @@
 
 Run after `dvc repro` (it reads the prepared data, the split and the best checkpoint):
 
-    python benchmarks/cpu_precision.py [--steps 8] [--batch 128]
+    python -m benchmarks.cpu_precision [--steps 8] [--batch 128]
 
 Every configuration runs in the same process, one after the other, with the same seed, inputs
 and thread count, so the printed ratios compare like with like.
