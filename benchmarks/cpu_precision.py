@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from flowerlab import paths
-from flowerlab.data import load_split
 from flowerlab.model import ImageClassifier
+from flowerlab.split import load_split
 from flowerlab.store import load_prepared
 from flowerlab.training import FlowerClassifier
 

@@ -2,42 +2,12 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import lightning as L
-import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
+from flowerlab.split import load_split
 from flowerlab.store import PreparedData, load_prepared
-
-
-def load_split(path: Path | str) -> dict[str, list[int]]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no split file {path}: run the split stage first")
-    return json.loads(path.read_text())
-
-
-def train_transform(image_size: int, crop_scale_min: float, trivial_augment: bool,
-                    random_erasing: float) -> v2.Compose:
-    """Training augmentation on uint8 tensors, ending in float images in [0, 1]."""
-    # Near-square crops only: petal shapes are class features, so keep them undistorted.
-    steps = [v2.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), ratio=(0.9, 1.1),
-                                  antialias=True),
-             v2.RandomHorizontalFlip()]
-    if trivial_augment:
-        steps.append(v2.TrivialAugmentWide())
-    steps.append(v2.ToDtype(torch.float32, scale=True))
-    if random_erasing > 0:
-        steps.append(v2.RandomErasing(p=random_erasing))
-    return v2.Compose(steps)
-
-
-def eval_transform() -> v2.Compose:
-    """Evaluation input: the stored (already resized) image as floats in [0, 1]."""
-    return v2.Compose([v2.ToDtype(torch.float32, scale=True)])
+from flowerlab.transforms import eval_transform
 
 
 class StoredImages(Dataset):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 SPLITS = ("train", "val", "test")
@@ -28,3 +31,10 @@ def split_indices(labels: np.ndarray, val_fraction: float, test_fraction: float,
         result["val"] += members[n_test:n_test + n_val].tolist()
         result["train"] += members[n_test + n_val:].tolist()
     return {name: sorted(indices) for name, indices in result.items()}
+
+
+def load_split(path: Path | str) -> dict[str, list[int]]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no split file {path}: run the split stage first")
+    return json.loads(path.read_text())

@@ -13,10 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, square_resize
-from flowerlab.sources import RawDataset
 
 
 @dataclass
@@ -40,29 +36,6 @@ def write_json(path: Path, payload) -> None:
     """Write JSON deterministically (sorted keys, fixed indentation) so hashes reproduce."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def prepare_images(raw: RawDataset, image_size: int, source: str,
-                   progress: bool = True) -> tuple[PreparedData, list[dict]]:
-    """Decode and resize every item; unreadable ones are skipped and returned as a report."""
-    images = np.empty((len(raw.items), image_size, image_size, 3), dtype=np.uint8)
-    labels, splits, skipped = [], [], []
-    for item in tqdm(raw.items, desc="prepare", unit="img", disable=not progress, mininterval=2):
-        try:
-            tensor = square_resize(item.load(), image_size)
-        except (ImageDecodeError, ImageTooLargeError, OSError) as error:
-            skipped.append({"file": item.name, "reason": str(error)})
-            continue
-        images[len(labels)] = tensor.permute(1, 2, 0).numpy()
-        labels.append(item.label)
-        splits.append(item.split)
-    official = None
-    if raw.has_official_split:
-        official = {name: [i for i, s in enumerate(splits) if s == name]
-                    for name in ("train", "val", "test")}
-    data = PreparedData(images[: len(labels)], np.asarray(labels, dtype=np.int64),
-                        raw.classes, image_size, source, official)
-    return data, skipped
 
 
 def save_prepared(data: PreparedData, skipped: list[dict], folder: Path) -> None:

@@ -6,16 +6,9 @@ import lightning as L
 import torch
 from dvclive.lightning import DVCLiveLogger
 from torchmetrics import MeanMetric, MinMetric
-from torchvision.transforms import v2
 
 from flowerlab.vae import ConvVAE
 from flowerlab.vae_metrics import image_grid, paired_grid
-
-
-def vae_transform(image_size: int) -> v2.Compose:
-    """Stored uint8 image -> float in [0, 1] at the VAE's size (Resize is a no-op when equal)."""
-    return v2.Compose([v2.Resize((image_size, image_size), antialias=True),
-                       v2.ToDtype(torch.float32, scale=True)])
 
 
 class VAETrainer(L.LightningModule):

@@ -9,9 +9,9 @@ from torchvision.transforms.v2.functional import to_pil_image
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.data import load_split
 from flowerlab.evaluation import classification_metrics, per_class_accuracy, predict_batches
 from flowerlab.export import load_program
+from flowerlab.split import load_split
 from flowerlab.store import load_prepared, write_json
 
 

@@ -15,10 +15,11 @@ from torchvision.transforms.v2.functional import resize
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.data import load_split
 from flowerlab.evaluation import predict_batches
 from flowerlab.export import load_program
+from flowerlab.split import load_split
 from flowerlab.store import load_prepared, write_json
+from flowerlab.transforms import vae_transform
 from flowerlab.vae import kl_divergence
 from flowerlab.vae_metrics import (
     classifier_scores,
@@ -29,7 +30,6 @@ from flowerlab.vae_metrics import (
     reconstruction_metrics,
     run_batches,
 )
-from flowerlab.vae_training import vae_transform
 
 MAX_SAMPLES = 2048  # samples scored by the classifier: as many as test images, capped
 

@@ -5,8 +5,9 @@ from pathlib import Path
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
+from flowerlab.preparation import prepare_images
 from flowerlab.sources import read_source
-from flowerlab.store import prepare_images, save_prepared, write_json
+from flowerlab.store import save_prepared, write_json
 
 
 def main() -> None:

@@ -10,10 +10,11 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.data import FlowerData, train_transform
+from flowerlab.data import FlowerData
 from flowerlab.export import export_program
 from flowerlab.model import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier
 from flowerlab.training import FlowerClassifier
+from flowerlab.transforms import train_transform
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data import FlowerData
 from flowerlab.export import export_program
+from flowerlab.transforms import vae_transform
 from flowerlab.vae import VaeDecoder, VaeEncoder
-from flowerlab.vae_training import VAETrainer, vae_transform
+from flowerlab.vae_training import VAETrainer
 
 
 def main() -> None:

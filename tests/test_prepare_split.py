@@ -10,9 +10,10 @@ import pytest
 
 from flowerlab.cli import run_stage
 from flowerlab.config import DataParams, Source
+from flowerlab.preparation import prepare_images
 from flowerlab.sources import RawDataset, read_source
 from flowerlab.split import split_indices
-from flowerlab.store import PreparedData, load_prepared, prepare_images, save_prepared
+from flowerlab.store import PreparedData, load_prepared, save_prepared
 from stages import prepare as prepare_stage
 from stages import split as split_stage
 from tests.fixtures import file_hashes, make_imagefolder, run_stages, write_params

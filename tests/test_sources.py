@@ -9,8 +9,8 @@ import pytest
 import torchvision.datasets.flowers102 as tv_flowers102
 
 from flowerlab.config import DataParams, Source
+from flowerlab.preparation import prepare_images
 from flowerlab.sources import FLOWERS102_CLASSES, FLOWERS102_URL, SourceError, read_source
-from flowerlab.store import prepare_images
 from tests.fixtures import (
     CLASS_COLOURS,
     grey_of,

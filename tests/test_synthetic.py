@@ -6,8 +6,8 @@ import numpy as np
 
 from flowerlab import synthetic
 from flowerlab.config import DataParams, Source
+from flowerlab.preparation import prepare_images
 from flowerlab.sources import read_source
-from flowerlab.store import prepare_images
 
 
 def _prepared(seed: int, samples_per_class: int = 1):

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from flowerlab.export import export_program, load_program
+from flowerlab.transforms import vae_transform
 from flowerlab.vae import ConvVAE, VaeDecoder, VaeEncoder, kl_divergence, reconstruction_loss
 from flowerlab.vae_metrics import (
     classifier_scores,
@@ -18,7 +19,6 @@ from flowerlab.vae_metrics import (
     paired_grid,
     reconstruction_metrics,
 )
-from flowerlab.vae_training import vae_transform
 from tests.fixtures import run_stages, write_params
 
 TINY = {"data.samples_per_class": 3, "data.image_size": 16, "vae.image_size": 16,

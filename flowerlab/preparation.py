@@ -1,0 +1,62 @@
+"""Decoding every source item once, in parallel worker processes, into the prepared store."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, square_resize
+from flowerlab.sources import RawDataset, SourceItem
+from flowerlab.store import PreparedData
+
+# Below this many items, worker start-up costs more than it saves.
+PARALLEL_MIN_ITEMS = 512
+
+
+class DecodedItems(Dataset):
+    """Each item loaded and resized, or the reason it could not be: ``(tensor | None, reason)``."""
+
+    def __init__(self, items: list[SourceItem], image_size: int):
+        self.items, self.image_size = items, image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+        try:
+            return square_resize(self.items[index].load(), self.image_size), None
+        except (ImageDecodeError, ImageTooLargeError, OSError) as error:
+            return None, str(error)
+
+
+def prepare_images(raw: RawDataset, image_size: int, source: str, progress: bool = True,
+                   workers: int | None = None) -> tuple[PreparedData, list[dict]]:
+    """Decode and resize every item; unreadable ones are skipped and returned as a report.
+
+    The result does not depend on ``workers``: the loader keeps the items' order.
+    """
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if len(raw.items) >= PARALLEL_MIN_ITEMS else 0
+    decoded = DataLoader(DecodedItems(raw.items, image_size), batch_size=None, num_workers=workers,
+                         collate_fn=lambda sample: sample)
+    images = np.empty((len(raw.items), image_size, image_size, 3), dtype=np.uint8)
+    labels, splits, skipped = [], [], []
+    for item, (tensor, reason) in zip(raw.items, tqdm(decoded, desc="prepare", unit="img",
+                                                      disable=not progress, mininterval=2)):
+        if tensor is None:
+            skipped.append({"file": item.name, "reason": reason})
+            continue
+        images[len(labels)] = tensor.permute(1, 2, 0).numpy()
+        labels.append(item.label)
+        splits.append(item.split)
+    official = None
+    if raw.has_official_split:
+        official = {name: [i for i, s in enumerate(splits) if s == name]
+                    for name in ("train", "val", "test")}
+    data = PreparedData(images[: len(labels)], np.asarray(labels, dtype=np.int64),
+                        raw.classes, image_size, source, official)
+    return data, skipped
