@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -15,10 +14,13 @@ from flowerlab.store import PreparedData
 
 # Below this many items, worker start-up costs more than it saves.
 PARALLEL_MIN_ITEMS = 512
+# Items travel from workers in lists of this many, as numpy arrays: sending each small tensor
+# through shared memory on its own made two workers twice as slow as none.
+CHUNK = 64
 
 
 class DecodedItems(Dataset):
-    """Each item loaded and resized, or the reason it could not be: ``(tensor | None, reason)``."""
+    """Each item loaded and resized to (H, W, 3) uint8, or why it could not be: ``(array | None, reason)``."""
 
     def __init__(self, items: list[SourceItem], image_size: int):
         self.items, self.image_size = items, image_size
@@ -26,9 +28,9 @@ class DecodedItems(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str | None]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None]:
         try:
-            return square_resize(self.items[index].load(), self.image_size), None
+            return square_resize(self.items[index].load(), self.image_size).permute(1, 2, 0).numpy(), None
         except (ImageDecodeError, ImageTooLargeError, OSError) as error:
             return None, str(error)
 
@@ -41,16 +43,18 @@ def prepare_images(raw: RawDataset, image_size: int, source: str, progress: bool
     """
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if len(raw.items) >= PARALLEL_MIN_ITEMS else 0
-    decoded = DataLoader(DecodedItems(raw.items, image_size), batch_size=None, num_workers=workers,
-                         collate_fn=lambda sample: sample)
+    chunks = DataLoader(DecodedItems(raw.items, image_size), batch_size=CHUNK, num_workers=workers,
+                        collate_fn=list)
+    decoded = (sample for chunk in chunks for sample in chunk)
     images = np.empty((len(raw.items), image_size, image_size, 3), dtype=np.uint8)
     labels, splits, skipped = [], [], []
-    for item, (tensor, reason) in zip(raw.items, tqdm(decoded, desc="prepare", unit="img",
-                                                      disable=not progress, mininterval=2)):
-        if tensor is None:
+    for item, (pixels, reason) in zip(raw.items, tqdm(decoded, desc="prepare", unit="img",
+                                                      total=len(raw.items), disable=not progress,
+                                                      mininterval=2)):
+        if pixels is None:
             skipped.append({"file": item.name, "reason": reason})
             continue
-        images[len(labels)] = tensor.permute(1, 2, 0).numpy()
+        images[len(labels)] = pixels
         labels.append(item.label)
         splits.append(item.split)
     official = None

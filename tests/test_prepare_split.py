@@ -245,3 +245,16 @@ def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("prepare: error: ") and "'data.sourse'" in lines[0]
     assert not (tmp_path / "data").exists()
+
+
+def test_parallel_decoding_gives_the_same_store(tmp_path) -> None:
+    """Worker processes change only the speed of prepare, never its output."""
+    from flowerlab.config import DataParams
+    from flowerlab.sources import read_synthetic
+
+    raw = read_synthetic(DataParams(image_size=16, samples_per_class=1), seed=3)
+    serial, _ = prepare_images(raw, 16, "synthetic", progress=False, workers=0)
+    parallel, _ = prepare_images(raw, 16, "synthetic", progress=False, workers=2)
+    assert parallel.images.shape == (102, 16, 16, 3)
+    assert np.array_equal(serial.images, parallel.images)
+    assert np.array_equal(serial.labels, parallel.labels)
