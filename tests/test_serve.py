@@ -174,8 +174,9 @@ def test_bad_input_is_a_clear_4xx_and_service_keeps_serving(client: TestClient, 
     assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
 
 
-def test_missing_file_field_is_422(client: TestClient) -> None:
-    response = client.post("/predict", data={"other": "x"})
+@pytest.mark.parametrize("endpoint", ["/predict", "/reconstruct"])
+def test_missing_file_field_is_422(client: TestClient, endpoint: str) -> None:
+    response = client.post(endpoint, data={"other": "x"})
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "file"]
 

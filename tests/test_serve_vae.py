@@ -206,12 +206,6 @@ def test_reconstruct_rejects_what_predict_rejects(client: TestClient, data: byte
     assert reconstruct(client, encode_image(noise_image(), "PNG")).status_code == 200
 
 
-def test_reconstruct_without_file_field_is_422(client: TestClient) -> None:
-    response = client.post("/reconstruct", data={"other": "x"})
-    assert response.status_code == 422
-    assert response.json()["detail"][0]["loc"] == ["body", "file"]
-
-
 def test_reconstruct_upload_size_limit(served_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWERLAB_ROOT", str(served_root))
     monkeypatch.setenv("FLOWERLAB_MAX_UPLOAD_BYTES", "2000")
