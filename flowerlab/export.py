@@ -24,6 +24,10 @@ def export_program(module: torch.nn.Module, example: torch.Tensor, path: Path | 
     module = module.eval()
     batch = Dim("batch", min=1, max=max_batch)
     program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+    for node in program.graph.nodes:
+        # Stack traces hold absolute source paths: without them, the same commit exports the
+        # same bytes in any checkout.
+        node.meta.pop("stack_trace", None)
     torch.export.save(program, path, extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
 
 

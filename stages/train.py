@@ -29,7 +29,8 @@ def main() -> None:
                              train.label_smoothing, train.warmup_epochs, params.model.pretrained,
                              params.model.weights_path, train.channels_last)
     checkpoint = ModelCheckpoint(dirpath=paths.CLASSIFIER_CHECKPOINTS, filename="best",
-                                 monitor="val/acc", mode="max", save_top_k=1)
+                                 monitor="val/acc", mode="max", save_top_k=1,
+                                 save_weights_only=True)
     trainer = L.Trainer(
         max_epochs=params.epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision,

@@ -28,7 +28,8 @@ def main() -> None:
     model = VAETrainer(vae.latent_dim, vae.width, vae.image_size, vae.beta, vae.loss.value, vae.lr,
                        plateau_patience=max(1, vae.patience // 2), seed=params.seed)
     checkpoint = ModelCheckpoint(dirpath=paths.VAE_CHECKPOINTS, filename="best", monitor="val/loss",
-                                 mode="min", save_top_k=1, enable_version_counter=False)
+                                 mode="min", save_top_k=1, enable_version_counter=False,
+                                 save_weights_only=True)
     trainer = L.Trainer(
         max_epochs=vae.epochs, accelerator="auto", devices=1, deterministic=True, log_every_n_steps=10,
         logger=DVCLiveLogger(dir=paths.VAE_TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False),

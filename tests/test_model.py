@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import urllib.error
+import zipfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,6 +95,10 @@ def test_export_round_trip_with_dynamic_batch(tmp_path) -> None:
         logits, _ = module(images)
         torch.testing.assert_close(logits, model(images), rtol=1e-4, atol=1e-5)
     assert len(file_md5(path)) == 32
+    # No absolute source paths inside: the same commit exports the same bytes in any checkout.
+    repo = str(Path(__file__).resolve().parents[1]).encode()
+    with zipfile.ZipFile(path) as archive:
+        assert not any(repo in archive.read(name) for name in archive.namelist())
     uint8 = (torch.rand(6, 3, 32, 32) * 255).to(torch.uint8)
     batched, features = predict_batches(module, uint8, batch_size=4)
     torch.testing.assert_close(batched, model(uint8.float() / 255), rtol=1e-4, atol=1e-5)
