@@ -15,15 +15,6 @@ from torchvision.transforms.v2.functional import to_pil_image
 from torchvision.utils import make_grid
 
 
-@torch.inference_mode()
-def run_batches(module, inputs: torch.Tensor, batch_size: int):
-    """``module`` over ``inputs`` in batches; outputs (a tensor or a tuple of them) concatenated."""
-    outputs = [module(inputs[start:start + batch_size]) for start in range(0, len(inputs), batch_size)]
-    if isinstance(outputs[0], tuple):
-        return tuple(torch.cat(parts) for parts in zip(*outputs))
-    return torch.cat(outputs)
-
-
 class PrecomputedFeatures(nn.Module):
     """Identity "feature extractor" so torchmetrics' FID runs on features we already have."""
 

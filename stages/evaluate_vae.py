@@ -15,7 +15,7 @@ from torchvision.transforms.v2.functional import resize
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.evaluation import predict_batches
+from flowerlab.evaluation import predict_batches, run_batches
 from flowerlab.export import load_program
 from flowerlab.split import load_split
 from flowerlab.store import load_prepared, write_json
@@ -28,7 +28,6 @@ from flowerlab.vae_metrics import (
     negative_elbo_per_pixel,
     paired_grid,
     reconstruction_metrics,
-    run_batches,
 )
 
 MAX_SAMPLES = 2048  # samples scored by the classifier: as many as test images, capped

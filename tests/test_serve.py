@@ -40,6 +40,7 @@ from serve.testing import (
     shared_served_root,
     write_lock,
 )
+from tests.fixtures import record_event_loop_calls
 
 FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
 BAD_INPUTS = ["text", "tiff", "truncated_jpeg", "png_cut_header", "empty", "pillow_bomb", "over_max_pixels"]
@@ -305,18 +306,7 @@ def test_locked_output_finds_the_stage_output(tmp_path: Path) -> None:
 
 
 def test_inference_runs_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    loops: list[bool] = []
-    original = ClassifierPredictor.predict
-
-    def recording_predict(self: ClassifierPredictor, images: torch.Tensor) -> torch.Tensor:
-        try:
-            asyncio.get_running_loop()
-            loops.append(True)
-        except RuntimeError:
-            loops.append(False)
-        return original(self, images)
-
-    monkeypatch.setattr(ClassifierPredictor, "predict", recording_predict)
+    loops = record_event_loop_calls(monkeypatch, ClassifierPredictor, "predict")
     assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
     assert loops == [False]
 

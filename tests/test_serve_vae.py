@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -37,6 +36,7 @@ from serve.testing import (
     vae_meta,
     write_lock,
 )
+from tests.fixtures import record_event_loop_calls
 from tests.test_serve import copy_root
 
 S = VAE_IMAGE_SIZE
@@ -299,18 +299,7 @@ def test_vae_predictor_refuses_models_their_metadata_misdescribes(halves, encode
 
 
 def test_vae_inference_runs_off_the_event_loop(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    loops: list[bool] = []
-    original = VaePredictor.decode
-
-    def recording_decode(self: VaePredictor, z: torch.Tensor) -> torch.Tensor:
-        try:
-            asyncio.get_running_loop()
-            loops.append(True)
-        except RuntimeError:
-            loops.append(False)
-        return original(self, z)
-
-    monkeypatch.setattr(VaePredictor, "decode", recording_decode)
+    loops = record_event_loop_calls(monkeypatch, VaePredictor, "decode")
     assert generate(client, n=2).status_code == 200
     assert reconstruct(client, encode_image(noise_image(), "PNG")).status_code == 200
     assert loops == [False, False]
