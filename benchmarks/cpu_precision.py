@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from flowerlab import paths
-from flowerlab.model import ImageClassifier
-from flowerlab.split import load_split
-from flowerlab.store import load_prepared
-from flowerlab.training import FlowerClassifier
+from flowerlab.classifier.module import FlowerClassifier
+from flowerlab.classifier.network import ImageClassifier
+from flowerlab.data.split import load_split
+from flowerlab.data.store import load_prepared
 
 CONFIGS = [(False, False), (True, False), (False, True), (True, True)]  # (channels_last, bf16)
 
@@ -76,8 +76,9 @@ def main() -> None:
     test_images, test_labels = data.tensors(load_split(paths.SPLIT_FILE)["test"])
     train_images = test_images[: args.batch].float() / 255
     train_labels = test_labels[: args.batch]
-    model = FlowerClassifier.load_from_checkpoint(f"{paths.CLASSIFIER_CHECKPOINTS}/best.ckpt",
-                                                  map_location="cpu").net.float().eval()
+    model = FlowerClassifier.load_from_checkpoint(
+        f"{paths.CLASSIFIER_CHECKPOINTS}/best.ckpt", map_location="cpu",
+        net=ImageClassifier(len(data.classes))).net.float().eval()
     model = model.to(memory_format=torch.contiguous_format)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image size "
           f"{data.image_size}, batch {args.batch}, test images {len(test_labels)}")

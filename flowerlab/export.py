@@ -1,23 +1,74 @@
-"""Save and load models as ``torch.export`` programs with their metadata inside the same file.
+"""The model file format: a ``torch.export`` program with its metadata inside the same file.
 
-A consumer needs only torch: no model classes, no Lightning. The metadata (class names, image
-size, input range, ...) travels in the file as ``meta.json``.
+A consumer needs only torch and pydantic: no model classes, no Lightning. The metadata travels in
+the file as ``meta.json``; :class:`ClassifierMeta` and :class:`VaeMeta` are its one definition,
+used by the stages that write it, the service that reads it, and the tests.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from torch.export import Dim
 
 META_FILE = "meta.json"
 
 
+class ModelMeta(BaseModel):
+    """Fields every exported model carries."""
+
+    # Unknown keys are kept, so a newer writer's extra fields survive a round trip.
+    model_config = ConfigDict(extra="allow")
+
+    kind: str
+    architecture: str
+    image_size: PositiveInt = Field(description="side of the square images the model takes or makes")
+    source: str = Field(description="data set the model was trained on")
+    input: str = Field(description="what the program takes")
+
+
+class ClassifierMeta(ModelMeta):
+    """models/classifier.pt2: float RGB in [0, 1] -> (logits, penultimate features)."""
+
+    kind: Literal["classifier"] = "classifier"
+    input: str = "float32 RGB in [0, 1], shape (N, 3, image_size, image_size)"
+    classes: list[str] = Field(min_length=1)
+    preprocessing: str = "decode, resize shorter side to image_size, centre crop"
+    normalisation: dict[str, object] = Field(description="mean, std, and built_in: true")
+    outputs: list[str] = ["logits", "features"]
+    best_val_acc: float | None = None
+
+
+class VaeMeta(ModelMeta):
+    """models/vae_encoder.pt2 (images -> mu, logvar) and models/vae_decoder.pt2 (latents -> images)."""
+
+    kind: Literal["vae_encoder", "vae_decoder"]
+    latent_dim: PositiveInt
+    width: PositiveInt
+    beta: float
+    loss: str
+    prior: str = "N(0, I)"
+    num_classes: int
+    loss_scale: str = "per-image sums (pixels, latent dims), averaged over the batch"
+    best_val_loss: float | None = None
+    outputs: list[str] | None = None  # encoder
+    output: str | None = None  # decoder
+
+
+Meta = TypeVar("Meta", bound=ModelMeta)
+
+
+def image_input(size: int) -> str:
+    """The ``input`` description of a program taking square float images."""
+    return f"float32 RGB in [0, 1], shape (N, 3, {size}, {size})"
+
+
 def export_program(module: torch.nn.Module, example: torch.Tensor, path: Path | str,
-                   meta: dict, max_batch: int = 4096) -> None:
+                   meta: ModelMeta, max_batch: int = 4096) -> None:
     """Export ``module`` (batch dimension dynamic) to ``path`` with ``meta`` embedded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,11 +79,12 @@ def export_program(module: torch.nn.Module, example: torch.Tensor, path: Path | 
         # Stack traces hold absolute source paths: without them, the same commit exports the
         # same bytes in any checkout.
         node.meta.pop("stack_trace", None)
-    torch.export.save(program, path, extra_files={META_FILE: json.dumps(meta, sort_keys=True)})
+    payload = json.dumps(meta.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    torch.export.save(program, path, extra_files={META_FILE: payload})
 
 
 def load_program(path: Path | str) -> tuple[torch.nn.Module, dict]:
-    """Load an exported program as a callable module, plus its metadata."""
+    """Load an exported program as a callable module, plus its raw metadata."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
@@ -41,10 +93,7 @@ def load_program(path: Path | str) -> tuple[torch.nn.Module, dict]:
     return program.module(), json.loads(extra[META_FILE])
 
 
-def file_md5(path: Path | str) -> str:
-    """The MD5 of a file, as DVC records it in dvc.lock."""
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def load_model(path: Path | str, schema: type[Meta]) -> tuple[torch.nn.Module, Meta]:
+    """Load an exported program with its metadata validated as ``schema``."""
+    module, meta = load_program(path)
+    return module, schema.model_validate(meta)

@@ -1,18 +1,21 @@
-"""Decoding and resizing shared by prepare (every stored image) and the service (every request).
+"""Images in and out: decoding and resizing shared by prepare (every stored image) and the service
+(every request), and the conversions of float images back to 8-bit pixels, PNG bytes and grids.
 
-Both go through :func:`decode_image` and :func:`square_resize`, so a served photo is
-preprocessed exactly as the evaluated test images were.
+Both prepare and the service go through :func:`decode_image` and :func:`square_resize`, so a
+served photo is preprocessed exactly as the evaluated test images were.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
+from torchvision.utils import make_grid
 
 # Pillow's own default (about 89 megapixels); the service passes a tighter limit.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
@@ -57,7 +60,38 @@ def square_resize(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
         raise ImageDecodeError(f"expected an image of shape (C, H, W) with 1 or 3 channels, "
                                f"got {tuple(tensor.shape)}")
     if tensor.dtype.is_floating_point:
-        tensor = (tensor.clamp(0, 1) * 255).round().to(torch.uint8)
+        tensor = to_uint8(tensor)
     tensor = tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
     tensor = F.resize(tensor, size, antialias=True)
     return F.center_crop(tensor, [size, size]).contiguous()
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (clamped) as 8-bit pixels, rounded as a PNG encoder would store them."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def to_png(image: torch.Tensor) -> bytes:
+    """A float image (3, H, W) in [0, 1] as PNG bytes."""
+    buffer = io.BytesIO()
+    Image.fromarray(to_uint8(image).permute(1, 2, 0).contiguous().numpy()).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def grid_png(images: torch.Tensor) -> bytes:
+    """Float images (N, 3, S, S) as one PNG: ceil(sqrt(N)) per row, 2-pixel black padding."""
+    return to_png(make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2))
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
+    """Float images (N, 3, H, W) in [0, 1] as one PIL grid, ``nrow`` images per row."""
+    return F.to_pil_image(make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=1))
+
+
+def paired_grid(images: torch.Tensor, recons: torch.Tensor, nrow: int = 8) -> Image.Image:
+    """Rows of ``nrow`` inputs, each followed by a row of their reconstructions."""
+    nrow = min(nrow, len(images))
+    rows = []
+    for start in range(0, len(images) - nrow + 1, nrow):  # whole rows only
+        rows += [images[start:start + nrow], recons[start:start + nrow]]
+    return image_grid(torch.cat(rows), nrow)

@@ -11,18 +11,24 @@ from __future__ import annotations
 import base64
 import io
 import logging
-import math
 import secrets
 import warnings
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.utils import make_grid
 
-from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, decode_image, square_resize
+from flowerlab.export import ClassifierMeta, VaeMeta
+from flowerlab.imaging import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    decode_image,
+    grid_png,
+    square_resize,
+    to_png,
+)
 from serve.registry import LoadedArtifact, ModelLoadError
 from serve.rejections import InputRejected
-from serve.schemas import ClassifierMeta, GenerateResponse, Prediction, PredictResponse, VaeMeta
+from serve.schemas import GenerateResponse, Prediction, PredictResponse
 
 logger = logging.getLogger(__name__)
 
@@ -117,19 +123,6 @@ class ClassifierPredictor:
     def __call__(self, data: bytes, k: int) -> PredictResponse:
         """The whole path for one upload (a batch of one)."""
         return self.encode_response(self.predict(self.decode_request(data).unsqueeze(0))[0], k)
-
-
-def to_png(image: torch.Tensor) -> bytes:
-    """A float image (3, H, W) in [0, 1] as PNG bytes, rounded to 8 bits as evaluate_vae does."""
-    pixels = (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.numpy()).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def grid_png(images: torch.Tensor) -> bytes:
-    """Float images (N, 3, S, S) as one PNG: ceil(sqrt(N)) per row, 2-pixel black padding."""
-    return to_png(make_grid(images, nrow=math.ceil(math.sqrt(len(images))), padding=2))
 
 
 class VaePredictor:

@@ -17,7 +17,8 @@ import torch
 import yaml
 
 from flowerlab import paths
-from flowerlab.export import file_md5, load_program
+from flowerlab.export import load_program
+from flowerlab.files import file_md5
 
 logger = logging.getLogger(__name__)
 

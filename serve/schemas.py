@@ -1,39 +1,11 @@
-"""Pydantic models for every response (the /docs contract), the models' metadata, and the OpenAPI
-entries for PNG and error responses."""
+"""Pydantic models for every response (the /docs contract) and the OpenAPI entries for PNG and error
+responses. The models' metadata is flowerlab.export's (ClassifierMeta, VaeMeta)."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
-
-
-class ClassifierMeta(BaseModel):
-    """What the service needs from the metadata embedded in models/classifier.pt2."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    kind: Literal["classifier"]
-    architecture: str
-    classes: list[str] = Field(min_length=1)
-    image_size: PositiveInt
-    source: str
-    best_val_acc: float | None = None
-
-
-class VaeMeta(BaseModel):
-    """What the service needs from the metadata embedded in models/vae_{encoder,decoder}.pt2."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    kind: Literal["vae_encoder", "vae_decoder"]
-    architecture: str
-    latent_dim: PositiveInt
-    image_size: PositiveInt
-    beta: float
-    loss: str
-    source: str
-    best_val_loss: float | None = None
+from pydantic import BaseModel, Field
 
 
 class Prediction(BaseModel):

@@ -7,25 +7,27 @@ from dvclive import Live
 from torchvision.transforms.v2.functional import to_pil_image
 
 from flowerlab import paths
+from flowerlab.classifier.evaluation import classification_metrics, per_class_accuracy
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.evaluation import classification_metrics, per_class_accuracy, predict_batches
-from flowerlab.export import load_program
-from flowerlab.split import load_split
-from flowerlab.store import load_prepared, write_json
+from flowerlab.data.split import load_split
+from flowerlab.data.store import load_prepared
+from flowerlab.export import ClassifierMeta, load_model
+from flowerlab.files import write_json
+from flowerlab.inference import predict_batches
 
 
 def main() -> None:
     params = load_params(paths.PARAMS)
-    module, meta = load_program(paths.CLASSIFIER)
+    module, meta = load_model(paths.CLASSIFIER, ClassifierMeta)
     data = load_prepared(paths.PREPARED_DIR)
     test = load_split(paths.SPLIT_FILE)["test"]
     images, labels = data.tensors(test)
     logits, _ = predict_batches(module, images, params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels)
-    write_json(Path(paths.EVALUATE_METRICS), metrics)
+    write_json(paths.EVALUATE_METRICS, metrics)
 
-    classes = meta["classes"]
+    classes = meta.classes
     predicted = logits.argmax(dim=1)
     plots = Path(paths.EVALUATE_PLOTS) / "plots"
     write_json(plots / "confusion.json", [{"actual": classes[a], "predicted": classes[p]}

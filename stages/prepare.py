@@ -5,9 +5,10 @@ from pathlib import Path
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.preparation import prepare_images
-from flowerlab.sources import read_source
-from flowerlab.store import save_prepared, write_json
+from flowerlab.data.preparation import prepare_images
+from flowerlab.data.sources import read_source
+from flowerlab.data.store import save_prepared
+from flowerlab.files import write_json
 
 
 def main() -> None:
@@ -19,7 +20,7 @@ def main() -> None:
         raise ValueError(f"no readable images in {params.data.source.value} source "
                          f"({len(skipped)} skipped); see {paths.PREPARED_DIR}/report.json")
     save_prepared(data, skipped, Path(paths.PREPARED_DIR))
-    write_json(Path(paths.PREPARE_METRICS), {"images": len(data.labels), "skipped": len(skipped),
+    write_json(paths.PREPARE_METRICS, {"images": len(data.labels), "skipped": len(skipped),
                                             "classes": len(data.classes)})
     print(f"prepared {len(data.labels)} images of {len(data.classes)} classes, "
           f"skipped {len(skipped)} unreadable files")

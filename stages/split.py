@@ -1,12 +1,12 @@
 """split: a seeded, stratified train/val/test split, or the source's official one."""
 
-from pathlib import Path
 
 from flowerlab import paths
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.split import split_indices
-from flowerlab.store import load_prepared, write_json
+from flowerlab.data.split import split_indices
+from flowerlab.data.store import load_prepared
+from flowerlab.files import write_json
 
 
 def main() -> None:
@@ -18,7 +18,7 @@ def main() -> None:
         split = split_indices(data.labels, params.split.val_fraction,
                               params.split.test_fraction, params.seed)
         kind = "stratified"
-    write_json(Path(paths.SPLIT_FILE), split)
+    write_json(paths.SPLIT_FILE, split)
     print(f"{kind} split: " + ", ".join(f"{k}={len(v)}" for k, v in split.items()))
 
 

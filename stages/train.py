@@ -1,20 +1,18 @@
 """train: fine-tune ResNet18 with Lightning, log with dvclive, export the best model to models/."""
 
-from pathlib import Path
-
 import lightning as L
 import torch
-from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from flowerlab import paths
+from flowerlab.classifier.module import FlowerClassifier
+from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier, ImageClassifier
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
-from flowerlab.data import FlowerData
-from flowerlab.export import export_program
-from flowerlab.model import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier
-from flowerlab.training import FlowerClassifier
-from flowerlab.transforms import train_transform
+from flowerlab.data.datamodule import FlowerData
+from flowerlab.data.transforms import train_transform
+from flowerlab.export import ClassifierMeta, export_program
+from flowerlab.trainer import make_trainer
 
 
 def main() -> None:
@@ -25,34 +23,27 @@ def main() -> None:
                       train_transform(params.data.image_size, train.crop_scale_min,
                                       train.trivial_augment, train.random_erasing))
     data.setup()
-    model = FlowerClassifier(len(data.data.classes), params.lr, train.weight_decay,
-                             train.label_smoothing, train.warmup_epochs, params.model.pretrained,
-                             params.model.weights_path, train.channels_last)
+    num_classes = len(data.data.classes)
+    net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)
+    model = FlowerClassifier(net, num_classes, params.lr, train.weight_decay, train.label_smoothing,
+                             train.warmup_epochs, train.channels_last)
     checkpoint = ModelCheckpoint(dirpath=paths.CLASSIFIER_CHECKPOINTS, filename="best",
                                  monitor="val/acc", mode="max", save_top_k=1,
                                  save_weights_only=True)
-    trainer = L.Trainer(
-        max_epochs=params.epochs, accelerator=train.accelerator, devices=train.devices,
-        num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision,
-        deterministic=True, log_every_n_steps=10,
-        logger=DVCLiveLogger(dir=paths.TRAIN_LOG_DIR, dvcyaml=False, save_dvc_exp=False),
-        callbacks=[checkpoint, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=10),
-                   EarlyStopping("val/acc", mode="max", patience=train.patience)])
+    trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
+                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience)])
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:
-        best = FlowerClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu")
+        best = FlowerClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",
+                                                     net=ImageClassifier(num_classes))
         size = params.data.image_size
-        meta = {"kind": "classifier", "architecture": "resnet18", "classes": data.data.classes,
-                "image_size": size, "source": data.data.source,
-                "input": "float32 RGB in [0, 1], shape (N, 3, image_size, image_size)",
-                "preprocessing": "decode, resize shorter side to image_size, centre crop",
-                "normalisation": {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True},
-                "outputs": ["logits", "features"],
-                "best_val_acc": float(checkpoint.best_model_score)}
+        meta = ClassifierMeta(architecture="resnet18", classes=data.data.classes, image_size=size,
+                              source=data.data.source, best_val_acc=float(checkpoint.best_model_score),
+                              normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})
         export_program(ExportedClassifier(best.net.float()).to(memory_format=torch.contiguous_format),
-                       torch.rand(2, 3, size, size), Path(paths.CLASSIFIER), meta)
-        print(f"exported {paths.CLASSIFIER} (best val/acc {meta['best_val_acc']:.4f})")
+                       torch.rand(2, 3, size, size), paths.CLASSIFIER, meta)
+        print(f"exported {paths.CLASSIFIER} (best val/acc {meta.best_val_acc:.4f})")
 
 
 if __name__ == "__main__":

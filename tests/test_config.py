@@ -9,7 +9,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from flowerlab.config import ConfigError, Params, Source, VaeLoss, load_params
-from tests.fixtures import REPO, write_params
+from tests.datasets import REPO, write_params
 
 
 def _leaves(tree: dict, prefix: str = ""):

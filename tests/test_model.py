@@ -10,10 +10,12 @@ import pytest
 import torch
 from torchvision.models import resnet18
 
+from flowerlab.classifier.evaluation import classification_metrics, per_class_accuracy
+from flowerlab.classifier.network import ExportedClassifier, ImageClassifier
 from flowerlab.errors import WeightsError
-from flowerlab.evaluation import classification_metrics, per_class_accuracy, predict_batches
-from flowerlab.export import export_program, file_md5, load_program
-from flowerlab.model import ExportedClassifier, ImageClassifier
+from flowerlab.export import ClassifierMeta, export_program, load_model, load_program
+from flowerlab.files import file_md5
+from flowerlab.inference import predict_batches
 
 
 def test_shapes_dtypes_and_features() -> None:
@@ -86,10 +88,12 @@ def test_export_round_trip_with_dynamic_batch(tmp_path) -> None:
     torch.manual_seed(3)
     model = ImageClassifier(4).eval()
     path = tmp_path / "model.pt2"
-    meta = {"classes": ["a", "b", "c", "d"], "image_size": 32}
+    meta = ClassifierMeta(architecture="resnet18", classes=["a", "b", "c", "d"], image_size=32,
+                          source="test", normalisation={"built_in": True})
     export_program(ExportedClassifier(model), torch.rand(2, 3, 32, 32), path, meta)
-    module, loaded_meta = load_program(path)
+    module, loaded_meta = load_model(path, ClassifierMeta)
     assert loaded_meta == meta
+    assert load_program(path)[1] == meta.model_dump(mode="json", exclude_none=True)  # the raw JSON
     for batch in (1, 5):
         images = torch.rand(batch, 3, 32, 32)
         logits, _ = module(images)

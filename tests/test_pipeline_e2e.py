@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = {"epochs": 1, "batch_size": 32, "data.image_size": 16, "data.samples_per_class": 4,
         "evaluate.misclassified_images": 2, "vae.image_size": 16, "vae.epochs": 1,

@@ -10,13 +10,13 @@ import pytest
 
 from flowerlab.cli import run_stage
 from flowerlab.config import DataParams, Source
-from flowerlab.preparation import prepare_images
-from flowerlab.sources import RawDataset, read_source
-from flowerlab.split import split_indices
-from flowerlab.store import PreparedData, load_prepared, save_prepared
+from flowerlab.data.preparation import prepare_images
+from flowerlab.data.sources import RawDataset, read_source
+from flowerlab.data.split import split_indices
+from flowerlab.data.store import PreparedData, load_prepared, save_prepared
 from stages import prepare as prepare_stage
 from stages import split as split_stage
-from tests.fixtures import file_hashes, make_imagefolder, run_stages, write_params
+from tests.datasets import file_hashes, make_imagefolder, run_stages, write_params
 
 TINY_SYNTHETIC = {"data.source": "synthetic", "data.samples_per_class": 3, "data.image_size": 16}
 TINY_IMAGEFOLDER = {"data.source": "imagefolder", "data.path": "raw", "data.image_size": 16}
@@ -197,6 +197,7 @@ def test_prepare_stage_failures_are_one_line(tmp_path, monkeypatch, capsys, over
 # --- the real stage scripts, end to end ---------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_stage_scripts_synthetic_end_to_end(tmp_path):
     write_params(tmp_path, TINY_SYNTHETIC)
     result = run_stages(tmp_path, "prepare", "split")
@@ -214,6 +215,7 @@ def test_stage_scripts_synthetic_end_to_end(tmp_path):
         assert np.bincount(data.labels[indices[name]], minlength=102).tolist() == [1] * 102
 
 
+@pytest.mark.slow
 def test_stage_scripts_imagefolder_end_to_end(tmp_path):
     fixture = make_imagefolder(tmp_path / "raw")
     write_params(tmp_path, TINY_IMAGEFOLDER)
@@ -236,6 +238,7 @@ def test_stage_scripts_imagefolder_end_to_end(tmp_path):
         [0, 1, 2]] * 3
 
 
+@pytest.mark.slow
 def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
     write_params(tmp_path, {**TINY_SYNTHETIC, "data.sourse": "synthetic"})
     result = run_stages(tmp_path, "prepare")  # python -m stages.prepare
@@ -250,7 +253,7 @@ def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
 def test_parallel_decoding_gives_the_same_store(tmp_path) -> None:
     """Worker processes change only the speed of prepare, never its output."""
     from flowerlab.config import DataParams
-    from flowerlab.sources import read_synthetic
+    from flowerlab.data.sources import read_synthetic
 
     raw = read_synthetic(DataParams(image_size=16, samples_per_class=1), seed=3)
     serial, _ = prepare_images(raw, 16, "synthetic", progress=False, workers=0)

@@ -5,10 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import re
-import shutil
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,13 +17,14 @@ from prometheus_client import REGISTRY
 from torchvision.transforms.v2 import functional as F
 
 from flowerlab import paths
-from flowerlab.export import file_md5, load_program
+from flowerlab.export import load_program
+from flowerlab.files import file_md5
 from flowerlab.imaging import decode_image, square_resize
-from serve.app import app, create_app
+from serve.app import create_app
 from serve.predictor import ClassifierPredictor
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
 from serve.rejections import UploadLimit
-from serve.testing import (
+from tests.builders import (
     CLASSES,
     IMAGE_SIZE,
     TEST_METRICS,
@@ -34,43 +32,16 @@ from serve.testing import (
     VAE_LATENT_DIM,
     VAE_METRICS,
     classifier_meta,
+    copy_root,
     encode_image,
     noise_image,
     png_declaring,
-    shared_served_root,
     write_lock,
 )
-from tests.fixtures import record_event_loop_calls
+from tests.servers import record_event_loop_calls
 
 FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
 BAD_INPUTS = ["text", "tiff", "truncated_jpeg", "png_cut_header", "empty", "pillow_bomb", "over_max_pixels"]
-
-
-@pytest.fixture(scope="module")
-def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_served_root(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def client(served_root: Path) -> Iterator[TestClient]:
-    """The module-level app, started once for all tests that keep the default settings.
-
-    Tests with other settings start their own create_app(): restarting this shared app would
-    unload the model under this client.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLOWERLAB_ROOT", str(served_root))
-        with TestClient(app) as started:
-            yield started
-
-
-def copy_root(source: Path, target: Path) -> Path:
-    """A copy of a served root to damage; the model is hard-linked (cheap), never written through."""
-    def link_models(src: str, dst: str) -> None:
-        (os.link if src.endswith(".pt2") else shutil.copy2)(src, dst)
-
-    shutil.copytree(source, target, copy_function=link_models)
-    return target
 
 
 def post(client: TestClient, data: bytes, **params: object):
@@ -319,7 +290,8 @@ def test_inference_runs_off_the_event_loop(client: TestClient, monkeypatch: pyte
 ])
 def test_predictor_refuses_a_model_its_metadata_misdescribes(reference: torch.nn.Module, change: dict,
                                                              message: str) -> None:
-    loaded = LoadedArtifact(CLASSIFIER, reference, {**classifier_meta(), **change}, "0" * 32)
+    meta = {**classifier_meta().model_dump(mode="json"), **change}
+    loaded = LoadedArtifact(CLASSIFIER, reference, meta, "0" * 32)
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         ClassifierPredictor(loaded, max_pixels=1000)
 

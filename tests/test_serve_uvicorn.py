@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,67 +12,11 @@ import pytest
 from PIL import Image
 
 from flowerlab import paths
-from flowerlab.export import file_md5
-from serve.testing import CLASSES, shared_served_root, write_lock
+from flowerlab.files import file_md5
+from tests.builders import CLASSES, write_lock
+from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn
 
-REPO = Path(__file__).resolve().parents[1]
-STARTUP_SECONDS = 120  # importing torch and loading the model on a busy 2-core machine
-
-
-@pytest.fixture(scope="module")
-def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_served_root(tmp_path_factory.getbasetemp())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_uvicorn(root: Path, port: int, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "FLOWERLAB_ROOT": str(root)}
-    with open(log, "wb") as output:  # a file, not a pipe: a full pipe would block the server
-        return subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=output,
-                                stderr=subprocess.STDOUT)
-
-
-def wait_ready(process: subprocess.Popen, url: str, log: Path) -> httpx.Response:
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"uvicorn exited with {process.returncode}:\n{log.read_text()}"
-        try:
-            response = httpx.get(f"{url}/ready", timeout=5)
-            if response.status_code == 200:
-                return response
-        except httpx.TransportError:
-            pass  # not listening yet
-        time.sleep(0.25)
-    raise AssertionError(f"uvicorn not ready after {STARTUP_SECONDS} s:\n{log.read_text()}")
-
-
-@contextmanager
-def uvicorn_server(root: Path, log: Path) -> Iterator[tuple[str, httpx.Response]]:
-    """A uvicorn process serving ``root`` on a free port: its URL and first /ready answer."""
-    port = free_port()
-    process = start_uvicorn(root, port, log)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        yield url, wait_ready(process, url, log)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-@pytest.fixture
-def server(served_root: Path, tmp_path: Path) -> Iterator[tuple[str, httpx.Response]]:
-    with uvicorn_server(served_root, tmp_path / "uvicorn.log") as started:
-        yield started
+pytestmark = pytest.mark.slow
 
 
 def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_root: Path) -> None:

@@ -7,7 +7,6 @@ import io
 import json
 import logging
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,41 +19,28 @@ from torchvision.transforms.v2 import functional as F
 from torchvision.utils import make_grid
 
 from flowerlab import paths
-from flowerlab.export import file_md5, load_program
+from flowerlab.export import load_program
+from flowerlab.files import file_md5
 from flowerlab.imaging import decode_image, square_resize
-from serve.app import app, create_app
+from serve.app import create_app
 from serve.predictor import VaePredictor
 from serve.registry import VAE_DECODER, VAE_ENCODER, LoadedArtifact, ModelLoadError, read_vae_metrics
-from serve.testing import (
+from tests.builders import (
     VAE_IMAGE_SIZE,
     VAE_LATENT_DIM,
     VAE_METRICS,
+    copy_root,
     encode_image,
     noise_image,
     png_declaring,
-    shared_served_root,
     vae_meta,
     write_lock,
 )
-from tests.fixtures import record_event_loop_calls
-from tests.test_serve import copy_root
+from tests.servers import record_event_loop_calls
 
 S = VAE_IMAGE_SIZE
 PADDING = 2  # make_grid's default, which /generate keeps
 JPEG = encode_image(noise_image(), "JPEG")
-
-
-@pytest.fixture(scope="module")
-def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return shared_served_root(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def client(served_root: Path) -> Iterator[TestClient]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FLOWERLAB_ROOT", str(served_root))
-        with TestClient(app) as started:
-            yield started
 
 
 @pytest.fixture(scope="module")
@@ -292,8 +278,10 @@ def test_refuses_to_start_when_the_vae_does_not_match_dvc_lock(
 ])
 def test_vae_predictor_refuses_models_their_metadata_misdescribes(halves, encoder_change: dict,
                                                                   decoder_change: dict, message: str) -> None:
-    encoder = LoadedArtifact(VAE_ENCODER, halves[0], {**vae_meta("vae_encoder"), **encoder_change}, "0" * 32)
-    decoder = LoadedArtifact(VAE_DECODER, halves[1], {**vae_meta("vae_decoder"), **decoder_change}, "1" * 32)
+    encoder_meta = {**vae_meta("vae_encoder").model_dump(mode="json"), **encoder_change}
+    decoder_meta = {**vae_meta("vae_decoder").model_dump(mode="json"), **decoder_change}
+    encoder = LoadedArtifact(VAE_ENCODER, halves[0], encoder_meta, "0" * 32)
+    decoder = LoadedArtifact(VAE_DECODER, halves[1], decoder_meta, "1" * 32)
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         VaePredictor(encoder, decoder, max_pixels=1000)
 

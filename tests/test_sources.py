@@ -9,9 +9,9 @@ import pytest
 import torchvision.datasets.flowers102 as tv_flowers102
 
 from flowerlab.config import DataParams, Source
-from flowerlab.preparation import prepare_images
-from flowerlab.sources import FLOWERS102_CLASSES, FLOWERS102_URL, SourceError, read_source
-from tests.fixtures import (
+from flowerlab.data.preparation import prepare_images
+from flowerlab.data.sources import FLOWERS102_CLASSES, FLOWERS102_URL, SourceError, read_source
+from tests.datasets import (
     CLASS_COLOURS,
     grey_of,
     make_flowers102,

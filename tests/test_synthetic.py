@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from flowerlab import synthetic
 from flowerlab.config import DataParams, Source
-from flowerlab.preparation import prepare_images
-from flowerlab.sources import read_source
+from flowerlab.data import synthetic
+from flowerlab.data.preparation import prepare_images
+from flowerlab.data.sources import read_source
 
 
 def _prepared(seed: int, samples_per_class: int = 1):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowerlab.training import FlowerClassifier, param_groups, warmup_cosine
+from flowerlab.classifier.module import FlowerClassifier, param_groups, warmup_cosine
+from flowerlab.classifier.network import ImageClassifier
 
 
 def tiny_loader(n: int = 16, classes: int = 4, size: int = 32, seed: int = 0) -> DataLoader:
@@ -25,7 +26,7 @@ def trainer(**kwargs) -> L.Trainer:
 
 
 def test_no_weight_decay_on_norms_and_biases() -> None:
-    model = FlowerClassifier(3, lr=1e-3)
+    model = FlowerClassifier(ImageClassifier(3), 3, lr=1e-3)
     decay, no_decay = param_groups(model.net, 0.05)
     assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
@@ -40,17 +41,19 @@ def test_warmup_then_cosine() -> None:
     assert all(factor(s) >= factor(s + 1) for s in range(10, 100))
 
 
+@pytest.mark.slow
 def test_fast_dev_run_logs_metrics() -> None:
     L.seed_everything(0)
-    model = FlowerClassifier(4, lr=1e-3)
+    model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-3)
     run = trainer(fast_dev_run=True)
     run.fit(model, tiny_loader(), tiny_loader())
     assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= set(run.callback_metrics)
 
 
+@pytest.mark.slow
 def test_overfitting_a_batch_lowers_the_loss() -> None:
     L.seed_everything(0)
-    model = FlowerClassifier(4, lr=2e-3, label_smoothing=0.0, warmup_epochs=0)
+    model = FlowerClassifier(ImageClassifier(4), 4, lr=2e-3, label_smoothing=0.0, warmup_epochs=0)
     loader = tiny_loader()
     images, labels = next(iter(loader))
     with torch.no_grad():
@@ -63,9 +66,10 @@ def test_overfitting_a_batch_lowers_the_loss() -> None:
     assert after < before * 0.5, (before, after)
 
 
+@pytest.mark.slow
 def test_simulated_ddp_on_two_cpu_processes() -> None:
     L.seed_everything(0)
-    model = FlowerClassifier(4, lr=1e-3)
+    model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-3)
     run = trainer(max_epochs=1, devices=2, strategy="ddp_spawn", limit_train_batches=2,
                   limit_val_batches=1, num_sanity_val_steps=0)
     run.fit(model, tiny_loader(), tiny_loader())

@@ -9,17 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from flowerlab.export import export_program, load_program
-from flowerlab.transforms import vae_transform
-from flowerlab.vae import ConvVAE, VaeDecoder, VaeEncoder, kl_divergence, reconstruction_loss
-from flowerlab.vae_metrics import (
+from flowerlab.data.transforms import vae_transform
+from flowerlab.export import VaeMeta, export_program, load_model, load_program
+from flowerlab.imaging import paired_grid
+from flowerlab.vae.metrics import (
     classifier_scores,
     frechet_distance,
     negative_elbo_per_pixel,
-    paired_grid,
     reconstruction_metrics,
 )
-from tests.fixtures import run_stages, write_params
+from flowerlab.vae.network import ConvVAE, VaeDecoder, VaeEncoder, kl_divergence, reconstruction_loss
+from tests.builders import classifier_meta, vae_meta
+from tests.datasets import run_stages, write_params
 
 TINY = {"data.samples_per_class": 3, "data.image_size": 16, "vae.image_size": 16,
         "vae.epochs": 1, "vae.batch_size": 32, "vae.width": 8, "vae.latent_dim": 4}
@@ -117,12 +118,12 @@ def test_ssim_loss_adds_structure_term() -> None:
 
 def test_exported_halves_reproduce_the_module(tmp_path) -> None:
     vae = tiny_vae().eval()
-    export_program(VaeDecoder(vae), torch.randn(2, 4), tmp_path / "dec.pt2", {"latent_dim": 4})
-    export_program(VaeEncoder(vae), torch.rand(2, 3, 16, 16), tmp_path / "enc.pt2", {"image_size": 16})
-    decoder, meta = load_program(tmp_path / "dec.pt2")
+    export_program(VaeDecoder(vae), torch.randn(2, 4), tmp_path / "dec.pt2", vae_meta("vae_decoder"))
+    export_program(VaeEncoder(vae), torch.rand(2, 3, 16, 16), tmp_path / "enc.pt2", vae_meta("vae_encoder"))
+    decoder, meta = load_model(tmp_path / "dec.pt2", VaeMeta)
     encoder, _ = load_program(tmp_path / "enc.pt2")
     z = torch.randn(5, 4)  # another batch size than the example: the batch dim is dynamic
-    assert meta == {"latent_dim": 4}
+    assert meta == vae_meta("vae_decoder")
     with torch.no_grad():
         assert torch.allclose(decoder(z), vae.decode(z), atol=1e-6)
         images = torch.rand(3, 3, 16, 16)
@@ -167,16 +168,18 @@ def test_transform_and_grids() -> None:
     assert grid.size == (4 * 17 + 1, 4 * 17 + 1)
 
 
+@pytest.mark.slow
 def test_stages_on_tiny_data(tmp_path, monkeypatch) -> None:
-    from flowerlab.model import ExportedClassifier, ImageClassifier
+    from flowerlab.classifier.network import ExportedClassifier, ImageClassifier
     from stages import evaluate_vae
 
     write_params(tmp_path, TINY)
     result = run_stages(tmp_path, "prepare", "split", "train_vae")
     assert result.returncode == 0, result.stderr
     torch.manual_seed(0)  # an untrained stand-in for the train stage's classifier
+    meta = classifier_meta().model_copy(update={"image_size": 16, "classes": [str(c) for c in range(102)]})
     export_program(ExportedClassifier(ImageClassifier(102)), torch.rand(2, 3, 16, 16),
-                   tmp_path / "models/classifier.pt2", {"image_size": 16})
+                   tmp_path / "models/classifier.pt2", meta)
     decoder, meta = load_program(tmp_path / "models/vae_decoder.pt2")
     assert (meta["kind"], meta["latent_dim"], meta["image_size"], meta["num_classes"]) == \
         ("vae_decoder", 4, 16, 102)

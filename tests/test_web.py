@@ -14,8 +14,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-from serve.testing import CLASSES, VAE_IMAGE_SIZE, encode_image, noise_image, shared_served_root
-from tests.test_serve_uvicorn import uvicorn_server
+from tests.builders import CLASSES, VAE_IMAGE_SIZE, encode_image, noise_image
+from tests.servers import uvicorn_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium keeps calling home on a closed network.
@@ -27,9 +29,8 @@ TEXT_REJECTION = "Upload rejected: not an image in a supported format (JPEG, PNG
 
 
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = shared_served_root(tmp_path_factory.getbasetemp())
-    with uvicorn_server(root, tmp_path_factory.mktemp("web") / "uvicorn.log") as (url, _ready):
+def base_url(served_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with uvicorn_server(served_root, tmp_path_factory.mktemp("web") / "uvicorn.log") as (url, _ready):
         yield url
 
 

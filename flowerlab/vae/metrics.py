@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from PIL import Image
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio
 from torchmetrics.image import StructuralSimilarityIndexMeasure as SSIM
@@ -11,8 +10,6 @@ from torchmetrics.image import StructuralSimilarityIndexMeasure as SSIM
 # Imported from its module: torchmetrics.image exports it only when torch-fidelity is installed,
 # which only its built-in Inception extractor needs.
 from torchmetrics.image.fid import FrechetInceptionDistance
-from torchvision.transforms.v2.functional import to_pil_image
-from torchvision.utils import make_grid
 
 
 class PrecomputedFeatures(nn.Module):
@@ -59,17 +56,3 @@ def classifier_scores(logits: torch.Tensor) -> dict[str, float]:
     probs = logits.softmax(dim=1)
     return {"classifier_confidence": float(probs.max(dim=1).values.mean()),
             "class_coverage": probs.argmax(dim=1).unique().numel() / logits.shape[1]}
-
-
-def image_grid(images: torch.Tensor, nrow: int = 8) -> Image.Image:
-    """Float images (N, 3, H, W) in [0, 1] as one PIL grid, ``nrow`` images per row."""
-    return to_pil_image(make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=1))
-
-
-def paired_grid(images: torch.Tensor, recons: torch.Tensor, nrow: int = 8) -> Image.Image:
-    """Rows of ``nrow`` inputs, each followed by a row of their reconstructions."""
-    nrow = min(nrow, len(images))
-    rows = []
-    for start in range(0, len(images) - nrow + 1, nrow):  # whole rows only
-        rows += [images[start:start + nrow], recons[start:start + nrow]]
-    return image_grid(torch.cat(rows), nrow)

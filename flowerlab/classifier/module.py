@@ -1,4 +1,9 @@
-"""The Lightning wrapper around :class:`ImageClassifier`: loss, metrics, optimiser and schedule."""
+"""The LightningModule that trains an injected classifier network: loss, metrics, optimiser, schedule.
+
+The network comes in built (see :func:`flowerlab.classifier.network.ImageClassifier`), so restoring a
+checkpoint builds a plain network of the right shape and loads the weights into it: it never
+fetches pretrained weights only to overwrite them.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ import torch
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
-
-from flowerlab.model import ImageClassifier
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -32,12 +35,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 class FlowerClassifier(L.LightningModule):
-    def __init__(self, num_classes: int, lr: float, weight_decay: float = 0.05,
-                 label_smoothing: float = 0.1, warmup_epochs: int = 1, pretrained: bool = False,
-                 weights_path: str | None = None, channels_last: bool = True):
+    """Trains ``net`` (images in [0, 1] -> logits); logs loss, accuracy and ``val/acc_best``."""
+
+    def __init__(self, net: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.05,
+                 label_smoothing: float = 0.1, warmup_epochs: int = 1, channels_last: bool = True):
         super().__init__()
-        self.save_hyperparameters()
-        self.net = ImageClassifier(num_classes, pretrained, weights_path)
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)

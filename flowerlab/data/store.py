@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flowerlab.files import write_json
+
 
 @dataclass
 class PreparedData:
@@ -30,12 +32,6 @@ class PreparedData:
         labels = self.labels if indices is None else self.labels[np.asarray(indices)]
         return (torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2),
                 torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-
-
-def write_json(path: Path, payload) -> None:
-    """Write JSON deterministically (sorted keys, fixed indentation) so hashes reproduce."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
 def save_prepared(data: PreparedData, skipped: list[dict], folder: Path) -> None:

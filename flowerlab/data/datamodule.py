@@ -5,9 +5,9 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 
-from flowerlab.split import load_split
-from flowerlab.store import PreparedData, load_prepared
-from flowerlab.transforms import eval_transform
+from flowerlab.data.split import load_split
+from flowerlab.data.store import PreparedData, load_prepared
+from flowerlab.data.transforms import eval_transform
 
 
 class StoredImages(Dataset):

@@ -8,9 +8,9 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from flowerlab.data.sources import RawDataset, SourceItem
+from flowerlab.data.store import PreparedData
 from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, square_resize
-from flowerlab.sources import RawDataset, SourceItem
-from flowerlab.store import PreparedData
 
 # Below this many items, worker start-up costs more than it saves.
 PARALLEL_MIN_ITEMS = 512

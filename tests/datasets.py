@@ -178,22 +178,3 @@ def patch_flowers102_md5(monkeypatch, fixture: Flowers102Fixture) -> None:
         filename, _ = file_dict[key]
         file_dict[key] = (filename, md5(fixture.base / filename))
     monkeypatch.setattr(Flowers102, "_file_dict", file_dict)
-
-
-def record_event_loop_calls(monkeypatch, cls: type, method: str) -> list[bool]:
-    """Patch ``cls.method`` to note, per call, whether it ran on an asyncio event loop."""
-    import asyncio
-
-    calls: list[bool] = []
-    original = getattr(cls, method)
-
-    def recording(self, *args, **kwargs):
-        try:
-            asyncio.get_running_loop()
-            calls.append(True)
-        except RuntimeError:
-            calls.append(False)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(cls, method, recording)
-    return calls

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from torchvision.datasets import Flowers102, ImageFolder
 
-from flowerlab import synthetic
 from flowerlab.config import DataParams, Source
+from flowerlab.data import synthetic
 from flowerlab.errors import SourceError
 from flowerlab.imaging import ImageDecodeError, decode_image
 

@@ -1,12 +1,15 @@
-"""A small served root (untrained classifier and VAE, dvc.lock, metrics) for tests and smoke runs.
+"""Test-only builders: a small served root (untrained classifier and VAE, dvc.lock, metrics) and
+uploads, good and bad.
 
-``python -m serve.testing DIR`` writes one; then ``FLOWERLAB_ROOT=DIR uvicorn serve.app:app``.
+``python -m tests.builders DIR`` writes a served root; then ``FLOWERLAB_ROOT=DIR uvicorn serve.app:app``.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import struct
 import sys
 import zlib
@@ -18,9 +21,10 @@ import yaml
 from PIL import Image
 
 from flowerlab import paths
-from flowerlab.export import export_program, file_md5
-from flowerlab.model import ExportedClassifier, ImageClassifier
-from flowerlab.vae import ConvVAE, VaeDecoder, VaeEncoder
+from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier, ImageClassifier
+from flowerlab.export import ClassifierMeta, VaeMeta, export_program, image_input
+from flowerlab.files import file_md5
+from flowerlab.vae.network import ConvVAE, VaeDecoder, VaeEncoder
 
 CLASSES = ("daisy", "rose", "tulip")
 IMAGE_SIZE = 32
@@ -52,25 +56,21 @@ def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str |
     (root / paths.DVC_LOCK).write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
-def classifier_meta() -> dict:
-    """Metadata shaped like the train stage's (stages/train.py)."""
-    return {"kind": "classifier", "architecture": "resnet18", "classes": list(CLASSES),
-            "image_size": IMAGE_SIZE, "source": "synthetic",
-            "input": "float32 RGB in [0, 1], shape (N, 3, image_size, image_size)",
-            "preprocessing": "decode, resize shorter side to image_size, centre crop",
-            "normalisation": {"built_in": True}, "outputs": ["logits", "features"], "best_val_acc": 0.75}
+def classifier_meta() -> ClassifierMeta:
+    """Metadata as the train stage writes it."""
+    return ClassifierMeta(architecture="resnet18", classes=list(CLASSES), image_size=IMAGE_SIZE,
+                          source="synthetic", best_val_acc=0.75,
+                          normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})
 
 
-def vae_meta(kind: str) -> dict:
-    """Metadata shaped like the train_vae stage's (stages/train_vae.py)."""
+def vae_meta(kind: str) -> VaeMeta:
+    """Metadata as the train_vae stage writes it."""
     size, latent = VAE_IMAGE_SIZE, VAE_LATENT_DIM
-    images = f"float32 RGB in [0, 1], shape (N, 3, {size}, {size})"
-    meta = {"kind": kind, "architecture": "conv-vae", "latent_dim": latent, "width": VAE_WIDTH,
-            "image_size": size, "beta": 1.0, "loss": "mse", "prior": "N(0, I)", "num_classes": len(CLASSES),
-            "source": "synthetic", "best_val_loss": 123.5}
+    common = dict(kind=kind, architecture="conv-vae", latent_dim=latent, width=VAE_WIDTH, image_size=size,
+                  beta=1.0, loss="mse", num_classes=len(CLASSES), source="synthetic", best_val_loss=123.5)
     if kind == "vae_encoder":
-        return {**meta, "input": images, "outputs": ["mu", "logvar"]}
-    return {**meta, "input": f"float32 latents, shape (N, {latent})", "output": images}
+        return VaeMeta(**common, input=image_input(size), outputs=["mu", "logvar"])
+    return VaeMeta(**common, input=f"float32 latents, shape (N, {latent})", output=image_input(size))
 
 
 def write_served_root(root: Path, seed: int = 0) -> Path:
@@ -93,12 +93,13 @@ def write_served_root(root: Path, seed: int = 0) -> Path:
     return root
 
 
-def shared_served_root(base: Path) -> Path:
-    """``base/served_root``, written on first use: test modules share one export per session."""
-    root = base / "served_root"
-    if not (root / paths.DVC_LOCK).is_file():  # dvc.lock is written last
-        write_served_root(root)
-    return root
+def copy_root(source: Path, target: Path) -> Path:
+    """A copy of a served root to damage; the model is hard-linked (cheap), never written through."""
+    def link_models(src: str, dst: str) -> None:
+        (os.link if src.endswith(".pt2") else shutil.copy2)(src, dst)
+
+    shutil.copytree(source, target, copy_function=link_models)
+    return target
 
 
 def noise_image(width: int = 64, height: int = 40, seed: int = 0) -> Image.Image:

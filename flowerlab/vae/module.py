@@ -1,4 +1,4 @@
-"""The Lightning wrapper around :class:`ConvVAE`: loss terms, plateau schedule and progress images."""
+"""The LightningModule that trains an injected :class:`ConvVAE`: loss terms, schedule, progress images."""
 
 from __future__ import annotations
 
@@ -7,21 +7,21 @@ import torch
 from dvclive.lightning import DVCLiveLogger
 from torchmetrics import MeanMetric, MinMetric
 
-from flowerlab.vae import ConvVAE
-from flowerlab.vae_metrics import image_grid, paired_grid
+from flowerlab.imaging import image_grid, paired_grid
+from flowerlab.vae.network import ConvVAE
 
 
-class VAETrainer(L.LightningModule):
-    """Logs ``{train,val}/{loss,recon,kl}`` per epoch, and each epoch, to a DVCLiveLogger, the
-    first val images beside their reconstructions and a grid of samples from fixed noise."""
+class VaeModule(L.LightningModule):
+    """Trains ``vae``; logs ``{train,val}/{loss,recon,kl}`` per epoch, and each epoch, to a
+    DVCLiveLogger, the first val images beside their reconstructions and a grid of samples from
+    fixed noise."""
 
-    def __init__(self, latent_dim: int, width: int, image_size: int, beta: float, loss: str,
-                 lr: float, plateau_patience: int = 2, seed: int = 0, preview: int = 16,
-                 num_samples: int = 64):
+    def __init__(self, vae: ConvVAE, lr: float, plateau_patience: int = 2, seed: int = 0,
+                 preview: int = 16, num_samples: int = 64):
         super().__init__()
-        self.save_hyperparameters()
-        self.vae = ConvVAE(latent_dim, width, image_size, beta, loss)
-        noise = torch.randn(num_samples, latent_dim, generator=torch.Generator().manual_seed(seed))
+        self.save_hyperparameters(ignore=["vae"])
+        self.vae = vae
+        noise = torch.randn(num_samples, vae.latent_dim, generator=torch.Generator().manual_seed(seed))
         self.register_buffer("sample_noise", noise, persistent=False)
         self.val_loss = MeanMetric()
         self.val_loss_best = MinMetric()

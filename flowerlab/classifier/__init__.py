@@ -1,0 +1,1 @@
+"""The flower classifier: the network, its LightningModule, and its evaluation metrics."""

@@ -1,0 +1,23 @@
+"""Files as the pipeline writes and DVC hashes them: deterministic JSON, and the MD5 DVC records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+
+def write_json(path: Path | str, payload) -> None:
+    """Write JSON deterministically (sorted keys, fixed indentation) so hashes reproduce."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def file_md5(path: Path | str) -> str:
+    """The MD5 of a file, as DVC records it in dvc.lock."""
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,1 @@
+"""The image generator: a convolutional VAE, its LightningModule, and its metrics."""
