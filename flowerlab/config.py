@@ -66,6 +66,7 @@ class TrainParams:
     devices: int = 1
     num_nodes: int = 1
     strategy: str = "auto"
+    profiler: str | None = None  # simple | advanced | pytorch: Lightning's profilers
 
 
 @dataclass
@@ -109,6 +110,7 @@ _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.pat
                  "train.num_workers", "evaluate.misclassified_images", "vae.beta",
                  "vae.patience")
 _PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+PROFILERS = ("simple", "advanced", "pytorch")
 
 
 def _get(params: Params, dotted: str):
@@ -147,6 +149,9 @@ def validate(params: Params) -> Params:
     if params.train.precision not in _PRECISIONS:
         raise ConfigError(f"params: 'train.precision' must be one of {_PRECISIONS}, "
                           f"got {params.train.precision!r}")
+    if params.train.profiler is not None and params.train.profiler not in PROFILERS:
+        raise ConfigError(f"params: 'train.profiler' must be null or one of {PROFILERS}, "
+                          f"got {params.train.profiler!r}")
     return params
 
 

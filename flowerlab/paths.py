@@ -16,3 +16,4 @@ VAE_TRAIN_LOG_DIR = "metrics/train_vae"
 VAE_METRICS = "metrics/vae.json"
 VAE_PLOTS = "metrics/vae"
 DVC_LOCK = "dvc.lock"
+PROFILES = "profiles"  # Lightning profiler reports (train.profiler); not a DVC output

@@ -5,16 +5,27 @@ from __future__ import annotations
 import lightning as L
 from dvclive.lightning import DVCLiveLogger
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
+from flowerlab import paths
 from flowerlab.config import TrainParams
 
+PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 
-def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: list[Callback]) -> L.Trainer:
+
+def make_profiler(kind: str | None, name: str) -> Profiler | None:
+    """Lightning's ``kind`` profiler, writing its report to ``profiles/`` (``fit-<name>.txt``)."""
+    return None if kind is None else PROFILERS[kind](dirpath=paths.PROFILES, filename=name)
+
+
+def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: list[Callback],
+                 name: str) -> L.Trainer:
     """A deterministic Trainer on ``train``'s accelerator, devices, nodes, strategy and precision,
-    logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots)."""
+    logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots);
+    ``name`` names the profiler report when ``train.profiler`` is set."""
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision,
-        deterministic=True, log_every_n_steps=10,
+        deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
         logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),
         callbacks=[*callbacks, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=10)])

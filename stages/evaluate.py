@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import torch
-from dvclive import Live
 from torchvision.transforms.v2.functional import to_pil_image
 
 from flowerlab import paths
@@ -35,11 +34,14 @@ def main() -> None:
     class_acc = per_class_accuracy(logits, labels).tolist()
     write_json(plots / "per_class.json", [{"class": name, "accuracy": round(acc, 6)}
                                           for name, acc in zip(classes, class_acc)])
-    with Live(paths.EVALUATE_PLOTS, dvcyaml=False, save_dvc_exp=False) as live:
-        wrong = torch.nonzero(predicted != labels).flatten()[: params.evaluate.misclassified_images]
-        for i in wrong.tolist():
-            name = f"misclassified/{i:04d}_{classes[labels[i]]}_as_{classes[predicted[i]]}.png"
-            live.log_image(name.replace(" ", "_"), to_pil_image(images[i]))
+    # Image plots, where dvclive's log_image would put them; dvclive itself would also leave an
+    # undeclared empty metrics.json.
+    misclassified = plots / "images" / "misclassified"
+    misclassified.mkdir(parents=True, exist_ok=True)
+    wrong = torch.nonzero(predicted != labels).flatten()[: params.evaluate.misclassified_images]
+    for i in wrong.tolist():
+        name = f"{i:04d}_{classes[labels[i]]}_as_{classes[predicted[i]]}.png"
+        to_pil_image(images[i]).save(misclassified / name.replace(" ", "_"))
     print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 

@@ -6,8 +6,9 @@ across ``vae.loss`` and ``vae.beta`` settings; the reconstructions that ``mse``,
 ``ssim`` score decode the posterior mean, while the ELBO uses one seeded posterior sample.
 """
 
+from pathlib import Path
+
 import torch
-from dvclive import Live
 from torchvision.transforms.v2.functional import resize
 
 from flowerlab import paths
@@ -71,9 +72,10 @@ def main() -> None:
                "samples": len(samples), "test_images": len(images)}
     write_json(paths.VAE_METRICS, metrics)
 
-    with Live(paths.VAE_PLOTS, dvcyaml=False, save_dvc_exp=False) as live:
-        live.log_image("samples.png", image_grid(samples[:64]))
-        live.log_image("reconstructions.png", paired_grid(inputs[:32], recons[:32]))
+    images_dir = Path(paths.VAE_PLOTS) / "plots" / "images"  # where dvclive's log_image would put them
+    images_dir.mkdir(parents=True, exist_ok=True)
+    image_grid(samples[:64]).save(images_dir / "samples.png")
+    paired_grid(inputs[:32], recons[:32]).save(images_dir / "reconstructions.png")
     print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
 

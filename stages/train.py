@@ -31,7 +31,8 @@ def main() -> None:
                                  monitor="val/acc", mode="max", save_top_k=1,
                                  save_weights_only=True)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
-                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience)])
+                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience)],
+                           name="train")
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

@@ -29,7 +29,8 @@ def main() -> None:
                                  mode="min", save_top_k=1, enable_version_counter=False,
                                  save_weights_only=True)
     trainer = make_trainer(params.train, vae.epochs, paths.VAE_TRAIN_LOG_DIR,
-                           [checkpoint, EarlyStopping("val/loss", mode="min", patience=vae.patience)])
+                           [checkpoint, EarlyStopping("val/loss", mode="min", patience=vae.patience)],
+                           name="train_vae")
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

@@ -1,4 +1,4 @@
-"""Test helpers for the service: a real uvicorn process on a free port, and an event-loop recorder."""
+"""Real local servers the tests start: uvicorn on a free port, a GCS emulator; an event-loop recorder."""
 
 from __future__ import annotations
 
@@ -24,11 +24,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_uvicorn(root: Path, port: int, log: Path) -> subprocess.Popen:
+def start_uvicorn(root: Path, port: int, log: Path, cwd: Path = REPO) -> subprocess.Popen:
+    """``uvicorn serve.app:app`` run from ``cwd`` (the code), serving ``root`` (dvc.lock, models)."""
     env = {**os.environ, "FLOWERLAB_ROOT": str(root)}
     with open(log, "wb") as output:  # a file, not a pipe: a full pipe would block the server
         return subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=output,
+                                 "--port", str(port)], cwd=cwd, env=env, stdout=output,
                                 stderr=subprocess.STDOUT)
 
 
@@ -47,20 +48,51 @@ def wait_ready(process: subprocess.Popen, url: str, log: Path) -> httpx.Response
 
 
 @contextmanager
-def uvicorn_server(root: Path, log: Path) -> Iterator[tuple[str, httpx.Response]]:
+def uvicorn_server(root: Path, log: Path, cwd: Path = REPO) -> Iterator[tuple[str, httpx.Response]]:
     """A uvicorn process serving ``root`` on a free port: its URL and first /ready answer."""
     port = free_port()
-    process = start_uvicorn(root, port, log)
+    process = start_uvicorn(root, port, log, cwd)
     try:
         url = f"http://127.0.0.1:{port}"
         yield url, wait_ready(process, url, log)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextmanager
+def gcs_emulator(data_dir: Path, bucket: str, log: Path) -> Iterator[str]:
+    """A real GCS API on a free local port (the gcp-storage-emulator package) holding ``bucket``:
+    its URL, to set as ``STORAGE_EMULATOR_HOST`` for gcsfs (which DVC's gs remote uses)."""
+    port = free_port()
+    executable = Path(sys.executable).with_name("gcp-storage-emulator")
+    with open(log, "wb") as output:
+        process = subprocess.Popen([str(executable), "--data-dir", str(data_dir), "start", "--host",
+                                    "127.0.0.1", "--port", str(port), "--default-bucket", bucket],
+                                   stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, f"emulator exited:\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/storage/v1/b/{bucket}", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"emulator not up after 60 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        stop(process)
 
 
 def record_event_loop_calls(monkeypatch, cls: type, method: str) -> list[bool]:

@@ -67,6 +67,7 @@ def test_missing_keys_take_the_schema_defaults(tmp_path):
     ({"data.samples_per_class": 0}, "data.samples_per_class"),
     ({"vae.image_size": 20}, "vae.image_size"),
     ({"train.precision": "fp8"}, "train.precision"),
+    ({"train.profiler": "fancy"}, "train.profiler"),
     ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
 ])
 def test_bad_params_raise_config_error_naming_the_key(tmp_path, overrides, key):

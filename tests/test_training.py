@@ -74,3 +74,20 @@ def test_simulated_ddp_on_two_cpu_processes() -> None:
                   limit_val_batches=1, num_sanity_val_steps=0)
     run.fit(model, tiny_loader(), tiny_loader())
     assert run.world_size == 2 and run.state.finished
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["simple", "advanced"])
+def test_train_profiler_writes_its_report_to_profiles(kind: str, tmp_path, monkeypatch) -> None:
+    from flowerlab.config import TrainParams
+    from flowerlab.trainer import make_trainer
+
+    monkeypatch.chdir(tmp_path)
+    L.seed_everything(0)
+    settings = TrainParams(accelerator="cpu", profiler=kind)
+    run = make_trainer(settings, max_epochs=1, log_dir=str(tmp_path / "live"), callbacks=[], name="train")
+    run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), tiny_loader(), tiny_loader())
+    report = tmp_path / "profiles" / "fit-train.txt"
+    assert report.is_file(), sorted(p.name for p in tmp_path.rglob("*"))
+    text = report.read_text()
+    assert "training_step" in text or "run_training_epoch" in text, text[:500]
