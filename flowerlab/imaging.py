@@ -12,13 +12,17 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as F
 from torchvision.utils import make_grid
 
 # Pillow's own default (about 89 megapixels); the service passes a tighter limit.
 DEFAULT_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+# What transparent pixels become, in prepare and the service alike.
+ALPHA_BACKGROUND = (255, 255, 255)
+EXIF_ORIENTATION = 0x0112
 
 
 class ImageDecodeError(ValueError):
@@ -42,7 +46,7 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MA
                         f"image is {width}x{height} = {width * height} pixels, "
                         f"more than the limit of {max_pixels}")
                 image.seek(0)
-                return image.convert("RGB")
+                return to_rgb(upright(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {error}") from None
     except UnidentifiedImageError:
@@ -51,6 +55,27 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MA
         if isinstance(error, ImageTooLargeError):
             raise
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as the camera meant it to be seen: its EXIF orientation applied."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in (1, None):
+        return image
+    return ImageOps.exif_transpose(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: 16-bit greyscale scaled (not clipped), transparency composited on
+    :data:`ALPHA_BACKGROUND` (palette, greyscale-with-alpha and RGBA alike), CMYK converted."""
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        levels = np.asarray(image, dtype=np.float64)
+        top = 65535 if image.mode.startswith("I;16") or levels.max(initial=0) > 255 else 255
+        image = Image.fromarray(np.clip(np.round(levels * 255 / top), 0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def square_resize(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:

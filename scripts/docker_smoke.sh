@@ -9,20 +9,21 @@
 # repo this script sits in. Steps:
 #   1. base image: if BASE_IMAGE is not in local storage, debootstrap a minimal Debian bookworm
 #      (python3.11 + venv) and commit it as BASE_IMAGE (about 3 minutes, once);
-#   2. `buildah bud` of the Dockerfile, with pip pointed at the same local wheel folders and
-#      indexes this machine's pip uses (read from `pip config`), bind-mounted read-only, so torch
-#      installs from disk at the pinned version; the rest comes from PyPI (about 5-10 minutes);
+#   2. `buildah bud` of the Dockerfile, with pip pointed at the same local wheel folders, indexes
+#      and CA bundle this machine's pip uses (read from `pip config`), bind-mounted read-only, so
+#      torch installs from disk at the pinned version; the rest comes from PyPI (about 7 minutes);
 #   3. serve: the image's own CMD with PORT set to a free port, in the background; wait for
 #      GET /ready = 200, POST a generated PNG to /predict, expect 200 and a `predictions` list;
 #   4. train: a tiny `dvc repro` (the params tests/test_pipeline_e2e.py uses) inside the image on
 #      a temporary git copy of the repo mounted at /app; expect models/classifier.pt2 (~2 min).
 # It prints the build time and the image size, and exits non-zero with a message on any failure.
+# Time on a 2-core machine: about 11 minutes in all (5 with SKIP_BUILD=1), plus 3 for a new base.
 # Needs: buildah (apt-get install buildah), debootstrap for step 1, curl, git, and a python with
 # Pillow and PyYAML (default: the repo's .venv). Disk: about 3x the image size under
 # /var/lib/containers (vfs keeps full copies).
 #
 # Environment: BASE_IMAGE (default localhost/python:3.11-slim-local), IMAGE (default
-# localhost/flowerlab:latest), DEBIAN_MIRROR, PYTHON, PIP_EXTRA_INDEX_URL / PIP_FIND_LINKS
+# localhost/flowerlab:latest), DEBIAN_MIRROR, PYTHON, PIP_EXTRA_INDEX_URL, PIP_FIND_LINKS and
 # PIP_CERT (override what pip config says), READY_TIMEOUT (seconds, default 180), SKIP_BUILD=1
 # (reuse an existing IMAGE instead of rebuilding it).
 set -euo pipefail

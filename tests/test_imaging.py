@@ -1,0 +1,118 @@
+"""Photos as cameras and editors write them: EXIF orientation, CMYK, 16-bit, palettes and alpha.
+
+Every file is built here. ``decode_image`` is the one decoder of prepare and the service, so what
+holds here holds in both (the service test at the end checks it over HTTP too).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, square_resize
+from tests.builders import encode_image
+
+
+def upright_photo(width: int = 48, height: int = 32) -> Image.Image:
+    """A photo whose orientation shows: red top-left quarter, blue bottom, a green right edge."""
+    pixels = np.full((height, width, 3), 200, dtype=np.uint8)
+    pixels[: height // 2, : width // 2] = (220, 20, 20)
+    pixels[height * 3 // 4:, :] = (20, 20, 220)
+    pixels[:, width - 4:] = (20, 200, 20)
+    return Image.fromarray(pixels)
+
+
+def with_orientation(upright: Image.Image, orientation: int, fmt: str) -> bytes:
+    """The pixels a camera stores for ``upright`` held in ``orientation``, tagged with it."""
+    stored = {3: upright.transpose(Image.Transpose.ROTATE_180),
+              6: upright.transpose(Image.Transpose.ROTATE_90),
+              8: upright.transpose(Image.Transpose.ROTATE_270)}[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    stored.save(buffer, fmt, exif=exif.tobytes(), **({"quality": 95} if fmt == "JPEG" else {}))
+    return buffer.getvalue()
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    assert image.mode == "RGB"
+    return np.asarray(image).astype(int)
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_applied(orientation: int) -> None:
+    upright = upright_photo()
+    decoded = decode_image(with_orientation(upright, orientation, "PNG"))
+    assert decoded.size == upright.size
+    assert np.array_equal(pixels(decoded), pixels(upright))
+
+
+def test_exif_rotated_jpeg_comes_out_upright() -> None:
+    upright = upright_photo(64, 40)
+    decoded = decode_image(with_orientation(upright, 6, "JPEG"))
+    assert decoded.size == (64, 40)
+    assert np.abs(pixels(decoded) - pixels(upright)).mean() < 6
+
+
+def test_cmyk_jpeg_keeps_its_colours() -> None:
+    upright = upright_photo()
+    data = encode_image(upright.convert("CMYK"), "JPEG")
+    assert Image.open(io.BytesIO(data)).mode == "CMYK"
+    assert np.abs(pixels(decode_image(data)) - pixels(upright)).mean() < 8
+
+
+def test_16_bit_png_keeps_its_tones() -> None:
+    ramp = np.linspace(0, 65535, 64 * 16).reshape(16, 64).astype(np.uint16)
+    data = encode_image(Image.fromarray(ramp), "PNG")
+    assert Image.open(io.BytesIO(data)).mode.startswith("I")
+    decoded = pixels(decode_image(data))
+    expected = np.round(ramp / 257).astype(int)
+    assert np.abs(decoded - expected[..., None]).max() <= 1  # not clipped to white above 255
+
+
+def test_palette_transparency_is_composited_on_the_fixed_background() -> None:
+    image = Image.new("P", (8, 8), 0)
+    image.putpalette([0, 0, 0, 250, 30, 30] + [0] * 762)
+    image.paste(1, (0, 0, 4, 8))  # left half opaque red, right half index 0 (transparent)
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", transparency=0)
+    decoded = pixels(decode_image(buffer.getvalue()))
+    assert (decoded[:, :4] == (250, 30, 30)).all()
+    assert (decoded[:, 4:] == ALPHA_BACKGROUND).all()  # not the hidden palette colour (black)
+
+
+@pytest.mark.parametrize("mode", ["LA", "RGBA"])
+def test_alpha_is_composited_on_the_fixed_background(mode: str) -> None:
+    alpha = np.tile(np.array([0, 128, 255], dtype=np.uint8), (4, 1))  # transparent, half, opaque
+    if mode == "LA":
+        colour = np.full((4, 3), 40, dtype=np.uint8)
+        image = Image.fromarray(np.stack([colour, alpha], axis=-1), "LA")
+        expected_colour = np.array([40, 40, 40])
+    else:
+        colour = np.zeros((4, 3, 3), dtype=np.uint8) + np.array([10, 200, 90], dtype=np.uint8)
+        image = Image.fromarray(np.concatenate([colour, alpha[..., None]], axis=-1), "RGBA")
+        expected_colour = np.array([10, 200, 90])
+    decoded = pixels(decode_image(encode_image(image, "PNG")))
+    background = np.array(ALPHA_BACKGROUND)
+    for column, a in enumerate((0, 128, 255)):
+        expected = np.round((a * expected_colour + (255 - a) * background) / 255)
+        assert np.abs(decoded[:, column] - expected).max() <= 1, (mode, a, decoded[0, column])
+
+
+def test_service_classifies_a_rotated_phone_photo_as_the_upright_one(client: TestClient) -> None:
+    upright = upright_photo(60, 36)
+    tagged = with_orientation(upright, 6, "PNG")
+    assert square_resize(decode_image(tagged), 32).equal(square_resize(upright, 32))
+
+    def predict(data: bytes) -> list[dict]:
+        response = client.post("/predict", params={"k": 3}, files={"file": ("p.png", data)})
+        assert response.status_code == 200, response.text
+        return response.json()["predictions"]
+
+    assert predict(tagged) == predict(encode_image(upright, "PNG"))
+    sideways = encode_image(upright.transpose(Image.Transpose.ROTATE_90), "PNG")  # no tag
+    assert predict(sideways) != predict(tagged)
