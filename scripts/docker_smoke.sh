@@ -236,24 +236,10 @@ def is_output(name: str) -> bool:
 sys.stdout.write("".join(f"{name}\0" for name in listed
                          if name and (repo / name).is_file() and not is_output(name)))
 EOF
-"$PYTHON" - "$tiny/params.yaml" <<'EOF'
-import sys
-from pathlib import Path
-import yaml
-TINY = {"epochs": 1, "batch_size": 32, "data.image_size": 16, "data.samples_per_class": 4,
-        "evaluate.misclassified_images": 2, "vae.image_size": 16, "vae.epochs": 1,
-        "vae.batch_size": 32, "vae.width": 8, "vae.latent_dim": 4}
-path = Path(sys.argv[1])
-params = yaml.safe_load(path.read_text())
-for dotted, value in TINY.items():
-    *parents, key = dotted.split(".")
-    node = params
-    for part in parents:
-        node = node[part]
-    assert key in node, f"params.yaml has no key {dotted}"
-    node[key] = value
-path.write_text(yaml.safe_dump(params, sort_keys=False))
-EOF
+# The same tiny configuration as tests/test_pipeline_e2e.py, set by the same helper.
+PYTHONPATH=$REPO "$PYTHON" -c 'import sys; from pathlib import Path
+from tests.datasets import TINY_PIPELINE, set_params
+set_params(Path(sys.argv[1]), TINY_PIPELINE)' "$tiny/params.yaml"
 git -C "$tiny" init -q
 git -C "$tiny" add -A
 git -C "$tiny" -c user.name=smoke -c user.email=smoke@localhost commit -qm tiny

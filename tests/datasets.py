@@ -37,6 +37,34 @@ def write_params(folder: Path, overrides: dict | None = None) -> Path:
     return path
 
 
+# The tiny configuration the end-to-end runs use (tests/test_pipeline_e2e.py, scripts/docker_smoke.sh).
+TINY_PIPELINE = {"epochs": 1, "batch_size": 32, "data.image_size": 16, "data.samples_per_class": 4,
+                 "evaluate.misclassified_images": 2, "vae.image_size": 16, "vae.epochs": 1,
+                 "vae.batch_size": 32, "vae.width": 8, "vae.latent_dim": 4}
+
+
+def set_params(path: Path, values: dict) -> None:
+    """Set dotted keys in an existing params file; every key must already be there."""
+    params = yaml.safe_load(path.read_text())
+    for dotted, value in values.items():
+        *parents, key = dotted.split(".")
+        node = params
+        for part in parents:
+            node = node[part]
+        assert key in node, f"params.yaml has no key {dotted}"
+        node[key] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def param_leaves(tree: dict, prefix: str = ""):
+    """``(dotted key, value)`` for every leaf of a nested params dict."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from param_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def file_hashes(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder``, keyed by its relative path."""
     folder = Path(folder)

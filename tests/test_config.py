@@ -9,21 +9,13 @@ import yaml
 from omegaconf import OmegaConf
 
 from flowerlab.config import ConfigError, Params, Source, VaeLoss, load_params
-from tests.datasets import REPO, write_params
-
-
-def _leaves(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
+from tests.datasets import REPO, param_leaves, write_params
 
 
 def test_repo_params_load_with_the_values_in_the_file():
     params = load_params(REPO / "params.yaml")
-    in_file = dict(_leaves(yaml.safe_load((REPO / "params.yaml").read_text())))
-    schema = dict(_leaves(OmegaConf.to_container(OmegaConf.structured(Params))))
+    in_file = dict(param_leaves(yaml.safe_load((REPO / "params.yaml").read_text())))
+    schema = dict(param_leaves(OmegaConf.to_container(OmegaConf.structured(Params))))
     assert set(in_file) == set(schema)  # every param is written out, so DVC tracks it
     for dotted, expected in in_file.items():
         value = params

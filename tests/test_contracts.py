@@ -24,6 +24,7 @@ from tests.contracts import (
     param_reads,
     uncovered_and_unused,
 )
+from tests.datasets import param_leaves
 
 REPO = Path(__file__).resolve().parents[1]
 DVC_YAML = yaml.safe_load((REPO / "dvc.yaml").read_text())
@@ -89,21 +90,13 @@ def test_checkers_catch_what_they_are_for(tmp_path: Path) -> None:
         {"train.accelerator"}, {"seed"})
 
 
-def _leaves(tree: dict, prefix: str = ""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def test_config_defaults_are_the_values_in_params_yaml() -> None:
     from omegaconf import OmegaConf
 
     from flowerlab.config import Params
 
-    defaults = dict(_leaves(OmegaConf.to_container(OmegaConf.structured(Params), enum_to_str=True)))
-    in_file = dict(_leaves(yaml.safe_load((REPO / "params.yaml").read_text())))
+    defaults = dict(param_leaves(OmegaConf.to_container(OmegaConf.structured(Params), enum_to_str=True)))
+    in_file = dict(param_leaves(yaml.safe_load((REPO / "params.yaml").read_text())))
     differing = {key: (defaults.get(key), value) for key, value in in_file.items()
                  if defaults.get(key) != value}
     assert not differing, f"config.py default != params.yaml value: {differing}"

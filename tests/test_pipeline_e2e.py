@@ -20,15 +20,12 @@ import pytest
 import yaml
 
 from tests.builders import encode_image, noise_image
-from tests.datasets import md5
+from tests.datasets import TINY_PIPELINE, md5, set_params
 from tests.servers import gcs_emulator, uvicorn_server
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"epochs": 1, "batch_size": 32, "data.image_size": 16, "data.samples_per_class": 4,
-        "evaluate.misclassified_images": 2, "vae.image_size": 16, "vae.epochs": 1,
-        "vae.batch_size": 32, "vae.width": 8, "vae.latent_dim": 4}
 BUCKET = "flowerlab-team"
 SERVED = ("models/classifier.pt2", "models/vae_encoder.pt2", "models/vae_decoder.pt2")
 
@@ -45,18 +42,6 @@ def run(args: list[str], cwd: Path, check: bool = True, **env: str) -> subproces
 
 def dvc_json(args: list[str], cwd: Path, **env: str):
     return json.loads(run(["dvc", *args, "--json"], cwd, **env).stdout)
-
-
-def set_params(path: Path, values: dict) -> None:
-    params = yaml.safe_load(path.read_text())
-    for dotted, value in values.items():
-        *parents, key = dotted.split(".")
-        node = params
-        for part in parents:
-            node = node[part]
-        assert key in node, f"params.yaml has no key {dotted}"
-        node[key] = value
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def locked_outs(repo: Path) -> dict[str, str]:
@@ -84,7 +69,7 @@ def history(tmp_path_factory) -> Path:
             (target / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name)
     (target / "dvc.lock").unlink(missing_ok=True)
-    set_params(target / "params.yaml", TINY)
+    set_params(target / "params.yaml", TINY_PIPELINE)
     run(["git", "init", "-q"], target)
     run(["git", "add", "-A"], target)
     run(["git", "commit", "-qm", "tiny"], target)
