@@ -59,7 +59,7 @@ class TrainParams:
     trivial_augment: bool = False
     random_erasing: float = 0.0
     patience: int = 3
-    precision: str = "32-true"
+    precision: str = "32-true"  # auto: flowerlab.hardware.choose_precision
     channels_last: bool = True
     num_workers: int = 0
     accelerator: str = "auto"
@@ -109,7 +109,7 @@ _POSITIVE_FLOATS = ("lr", "vae.lr")
 _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.patience",
                  "train.num_workers", "evaluate.misclassified_images", "vae.beta",
                  "vae.patience")
-_PRECISIONS = ("32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+_PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 PROFILERS = ("simple", "advanced", "pytorch")
 
 

@@ -9,8 +9,20 @@ from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfi
 
 from flowerlab import paths
 from flowerlab.config import TrainParams
+from flowerlab.hardware import choose_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+
+
+class RecordPrecision(Callback):
+    """Logs the precision in use and why with the hyperparameters, once ranks are known."""
+
+    def __init__(self, precision: str, reason: str):
+        self.values = {"precision": precision, "precision_reason": reason}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.logger is not None:  # the logger writes on global rank 0 only
+            trainer.logger.log_hyperparams(self.values)
 
 
 def make_profiler(kind: str | None, name: str) -> Profiler | None:
@@ -22,10 +34,15 @@ def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: l
                  name: str) -> L.Trainer:
     """A deterministic Trainer on ``train``'s accelerator, devices, nodes, strategy and precision,
     logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots);
-    ``name`` names the profiler report when ``train.profiler`` is set."""
+    ``name`` names the profiler report when ``train.profiler`` is set. ``train.precision: auto``
+    becomes what the hardware computes fastest; the choice and its reason are printed and logged
+    with the hyperparameters (``metrics/<stage>/params.yaml``)."""
+    precision, reason = choose_precision(train.precision, train.accelerator)
+    print(f"{name}: precision {precision} ({reason})")
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
-        num_nodes=train.num_nodes, strategy=train.strategy, precision=train.precision,
+        num_nodes=train.num_nodes, strategy=train.strategy, precision=precision,
         deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
         logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),
-        callbacks=[*callbacks, LearningRateMonitor("epoch"), TQDMProgressBar(refresh_rate=10)])
+        callbacks=[*callbacks, RecordPrecision(precision, reason), LearningRateMonitor("epoch"),
+                   TQDMProgressBar(refresh_rate=10)])

@@ -27,7 +27,7 @@ def test_train_stage_on_two_nodes_exports_once(tmp_path: Path) -> None:
     port = free_port()
     nodes = []
     for rank in (0, 1):  # what SLURM or a launcher sets on each node; the code is the same
-        env = {**os.environ, "PYTHONPATH": str(REPO), "MASTER_ADDR": "127.0.0.1",
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1",
                "MASTER_PORT": str(port), "NODE_RANK": str(rank), "WORLD_SIZE": "2"}
         log = open(tmp_path / f"node{rank}.log", "w")  # noqa: SIM115 (closed once the node exits)
         nodes.append((subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env,

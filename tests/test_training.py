@@ -91,3 +91,22 @@ def test_train_profiler_writes_its_report_to_profiles(kind: str, tmp_path, monke
     assert report.is_file(), sorted(p.name for p in tmp_path.rglob("*"))
     text = report.read_text()
     assert "training_step" in text or "run_training_epoch" in text, text[:500]
+
+
+@pytest.mark.slow
+def test_auto_precision_is_resolved_and_recorded(tmp_path, monkeypatch) -> None:
+    import yaml
+
+    from flowerlab.config import TrainParams
+    from flowerlab.hardware import choose_precision
+    from flowerlab.trainer import make_trainer
+
+    monkeypatch.chdir(tmp_path)
+    L.seed_everything(0)
+    expected, reason = choose_precision("auto", "cpu")
+    run = make_trainer(TrainParams(accelerator="cpu", precision="auto"), max_epochs=1,
+                       log_dir=str(tmp_path / "live"), callbacks=[], name="train")
+    assert run.precision == expected
+    run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), tiny_loader(), tiny_loader())
+    logged = yaml.safe_load((tmp_path / "live" / "params.yaml").read_text())
+    assert logged["precision"] == expected and logged["precision_reason"] == reason

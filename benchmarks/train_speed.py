@@ -1,0 +1,106 @@
+"""Training speed at 32, 128 and 224 px: the plain fp32 eager baseline against what `auto` picks.
+
+    python -m benchmarks.train_speed [--sizes 32 128 224] [--seconds 6] [--workers 0]
+
+No pipeline outputs are needed: the model is the project's ResNet18 (102 classes) and the images
+are random uint8 pixels, so the figures measure speed only. For each size it runs, in this one
+process, one after the other, with the same seed, batch and thread count:
+
+- ``fp32 eager``: contiguous tensors, fp32, the baseline;
+- ``auto``: channels_last and the precision ``flowerlab.hardware.choose_precision`` picks here;
+- ``channels_last bf16``: shown where `auto` did not pick bf16, to show why not.
+
+It prints training images/s (forward, backward, AdamW step) and each config's ratio to the
+baseline, and the data-wait share: the time the training DataLoader (the stage's own transforms
+on stored uint8 images) takes to deliver a batch, over that plus the `auto` step time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from flowerlab.classifier.network import ImageClassifier
+from flowerlab.data.datamodule import StoredImages
+from flowerlab.data.store import PreparedData
+from flowerlab.data.transforms import train_transform
+from flowerlab.hardware import choose_precision, cpu_model
+
+BATCH = {32: 128, 64: 64, 96: 48, 128: 32, 160: 24, 224: 16}
+CLASSES = 102
+
+
+def images_per_second(size: int, batch: int, channels_last: bool, bf16: bool, seconds: float) -> float:
+    """Training images per second on one fixed random batch, after two warm-up steps."""
+    torch.manual_seed(0)
+    model = ImageClassifier(CLASSES)
+    images = torch.rand(batch, 3, size, size)
+    labels = torch.randint(0, CLASSES, (batch,))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step(), step()  # oneDNN picks its kernels on first use
+    steps, start = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - start < seconds:
+        step()
+        steps += 1
+    return steps * batch / (time.perf_counter() - start)
+
+
+def batch_seconds(size: int, batch: int, workers: int, batches: int = 12) -> float:
+    """Seconds the training DataLoader takes per batch: the stage's augmentation, per sample."""
+    rng = np.random.default_rng(0)
+    count = batch * batches
+    data = PreparedData(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+                        rng.integers(0, CLASSES, count), [str(i) for i in range(CLASSES)], size, "random")
+    dataset = StoredImages(data, list(range(count)), train_transform(size, 0.85, False, 0.0))
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    iterator = iter(loader)
+    next(iterator)  # worker start-up is paid once per epoch, not per batch
+    start = time.perf_counter()
+    for _ in range(batches - 1):
+        next(iterator)
+    return (time.perf_counter() - start) / (batches - 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 224])
+    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per config")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the data wait")
+    args = parser.parse_args()
+    precision, why = choose_precision("auto", "cpu")
+    auto_bf16 = precision.startswith("bf16")
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"auto picks {precision} ({why})")
+    print(f"{'size':>4s} {'batch':>5s} {'config':22s} {'img/s':>7s} {'ratio':>6s}")
+    for size in args.sizes:
+        batch = BATCH.get(size, max(8, 128 * 32 // size))
+        configs = [("fp32 eager", False, False), (f"auto: channels_last {precision}", True, auto_bf16)]
+        if not auto_bf16:
+            configs.append(("channels_last bf16", True, True))
+        speeds = [images_per_second(size, batch, cl, bf16, args.seconds) for _, cl, bf16 in configs]
+        for (name, _, _), speed in zip(configs, speeds):
+            print(f"{size:4d} {batch:5d} {name:22s} {speed:7.1f} {speed / speeds[0]:6.2f}")
+        wait = batch_seconds(size, batch, args.workers)
+        step = batch / speeds[1]
+        print(f"{size:4d} {batch:5d} data wait ({args.workers} workers): {wait * 1000:.1f} ms per batch, "
+              f"{100 * wait / (wait + step):.1f}% of an auto step")
+
+
+if __name__ == "__main__":
+    main()

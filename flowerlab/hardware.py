@@ -1,0 +1,53 @@
+"""What this machine does fast: the training precision chosen from the CPU's and the GPU's features.
+
+bf16 pays where the hardware computes it natively: a CPU with AMX (``amx_bf16``) or AVX512-BF16
+(``avx512_bf16``), or a GPU that supports it. Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated and
+slower than fp32, so fp32 is the fast correct path.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def _cpuinfo_field(name: str, cpuinfo: str | None) -> str | None:
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.is_file() else ""
+    for line in cpuinfo.splitlines():
+        if line.split(":")[0].strip() == name:
+            return line.partition(":")[2].strip()
+    return None
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU feature flags of ``/proc/cpuinfo`` (empty where there is none, e.g. not Linux)."""
+    return set((_cpuinfo_field("flags", cpuinfo) or "").split())
+
+
+def cpu_model(cpuinfo: str | None = None) -> str:
+    """The CPU's model name, as ``lscpu`` shows it."""
+    return _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
+
+
+def choose_precision(requested: str, accelerator: str = "auto", flags: set[str] | None = None,
+                     gpu_bf16: bool | None = None) -> tuple[str, str]:
+    """Lightning's ``precision`` for ``requested`` (``auto`` or an explicit value), and why."""
+    if requested != "auto":
+        return requested, "set in params"
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        supported = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
+        if supported:
+            return "bf16-mixed", f"GPU {torch.cuda.get_device_name(0)} supports bf16"
+        return "32-true", "GPU without bf16 support"
+    flags = cpu_flags() if flags is None else flags
+    native = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    if native:
+        return "bf16-mixed", f"CPU has {' and '.join(native)}"
+    return "32-true", "CPU has neither AMX nor AVX512-BF16: bf16 would be emulated"

@@ -1,0 +1,38 @@
+"""The precision choice: bf16 only where the hardware computes it natively."""
+
+from __future__ import annotations
+
+import pytest
+
+from flowerlab.hardware import choose_precision, cpu_flags, cpu_model
+
+XEON = ("model name\t: Intel(R) Xeon(R) Platinum 8481C\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+EPYC = "model name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n"
+
+
+def test_cpuinfo_is_read() -> None:
+    assert {"avx2", "amx_bf16"} <= cpu_flags(XEON) and "amx_bf16" not in cpu_flags(EPYC)
+    assert cpu_model(XEON) == "Intel(R) Xeon(R) Platinum 8481C" and cpu_model(EPYC) == "AMD EPYC"
+    assert cpu_flags("") == set()
+
+
+@pytest.mark.parametrize(("flags", "expected"), [
+    ({"avx2", "amx_bf16"}, "bf16-mixed"),
+    ({"avx512f", "avx512_bf16"}, "bf16-mixed"),
+    ({"avx2", "avx512f"}, "32-true"),  # AVX-512 without its bf16 extension emulates bf16
+    (set(), "32-true"),
+])
+def test_auto_on_cpu_picks_bf16_only_with_native_support(flags: set[str], expected: str) -> None:
+    precision, why = choose_precision("auto", "cpu", flags=flags)
+    assert precision == expected and why
+
+
+def test_an_explicit_precision_is_kept() -> None:
+    assert choose_precision("bf16-mixed", "cpu", flags=set()) == ("bf16-mixed", "set in params")
+    assert choose_precision("32-true", "cpu", flags={"amx_bf16"})[0] == "32-true"
+
+
+def test_this_machine_gets_a_valid_choice() -> None:
+    precision, why = choose_precision("auto")
+    assert precision in ("bf16-mixed", "32-true") and why
