@@ -87,7 +87,7 @@ def main() -> None:
     auto_bf16 = precision.startswith("bf16")
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"auto picks {precision} ({why})")
-    print(f"{'size':>4s} {'batch':>5s} {'config':22s} {'img/s':>7s} {'ratio':>6s}")
+    print(f"{'size':>4s} {'batch':>5s} {'config':30s} {'img/s':>7s} {'ratio':>6s}")
     for size in args.sizes:
         batch = BATCH.get(size, max(8, 128 * 32 // size))
         configs = [("fp32 eager", False, False), (f"auto: channels_last {precision}", True, auto_bf16)]
@@ -95,7 +95,7 @@ def main() -> None:
             configs.append(("channels_last bf16", True, True))
         speeds = [images_per_second(size, batch, cl, bf16, args.seconds) for _, cl, bf16 in configs]
         for (name, _, _), speed in zip(configs, speeds):
-            print(f"{size:4d} {batch:5d} {name:22s} {speed:7.1f} {speed / speeds[0]:6.2f}")
+            print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
         wait = batch_seconds(size, batch, args.workers)
         step = batch / speeds[1]
         print(f"{size:4d} {batch:5d} data wait ({args.workers} workers): {wait * 1000:.1f} ms per batch, "
