@@ -14,8 +14,8 @@ import argparse
 import time
 
 import torch
-import torch.nn.functional as F
 
+from benchmarks.train_speed import images_per_second
 from flowerlab import paths
 from flowerlab.classifier.module import FlowerClassifier
 from flowerlab.classifier.network import ImageClassifier
@@ -31,25 +31,8 @@ def name(channels_last: bool, bf16: bool) -> str:
 
 def train_speed(images, labels, channels_last: bool, bf16: bool, steps: int) -> float:
     """Training images per second: forward, backward and AdamW step."""
-    torch.manual_seed(0)
-    model = ImageClassifier(int(labels.max()) + 1)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(images), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step(), step()  # warm-up: oneDNN picks kernels on first use
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * len(labels) / (time.perf_counter() - start)
+    return images_per_second(images, labels, channels_last, bf16, min_steps=steps,
+                             num_classes=int(labels.max()) + 1)
 
 
 @torch.inference_mode()
