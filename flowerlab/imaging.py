@@ -75,7 +75,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return image if image.mode == "RGB" else image.convert("RGB")
+    return image.convert("RGB")  # a loaded copy even for RGB: the file closes after decode_image
 
 
 def square_resize(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:

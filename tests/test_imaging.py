@@ -116,3 +116,12 @@ def test_service_classifies_a_rotated_phone_photo_as_the_upright_one(client: Tes
     assert predict(tagged) == predict(encode_image(upright, "PNG"))
     sideways = encode_image(upright.transpose(Image.Transpose.ROTATE_90), "PNG")  # no tag
     assert predict(sideways) != predict(tagged)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "BMP", "WEBP", "GIF"])
+def test_plain_photos_decode_to_loaded_rgb_pixels(fmt: str) -> None:
+    """The decoded image outlives the file it came from (decode_image closes it)."""
+    upright = upright_photo()
+    decoded = decode_image(encode_image(upright, fmt))
+    assert decoded.mode == "RGB" and decoded.size == upright.size
+    assert square_resize(decoded, 16).shape == (3, 16, 16)
