@@ -83,12 +83,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per config")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the data wait")
     args = parser.parse_args()
-    precision, why = choose_precision("auto", "cpu")
-    auto_bf16 = precision.startswith("bf16")
-    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"auto picks {precision} ({why})")
+    print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'size':>4s} {'batch':>5s} {'config':30s} {'img/s':>7s} {'ratio':>6s}")
     for size in args.sizes:
+        precision, why = choose_precision("auto", "cpu", image_size=size)
+        auto_bf16 = precision.startswith("bf16")
+        print(f"{size:4d} auto picks {precision} ({why})")
         batch = BATCH.get(size, max(8, 128 * 32 // size))
         configs = [("fp32 eager", False, False), (f"auto: channels_last {precision}", True, auto_bf16)]
         if not auto_bf16:

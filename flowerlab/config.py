@@ -59,7 +59,7 @@ class TrainParams:
     trivial_augment: bool = False
     random_erasing: float = 0.0
     patience: int = 3
-    precision: str = "32-true"  # auto: flowerlab.hardware.choose_precision
+    precision: str = "auto"  # flowerlab.hardware.choose_precision
     channels_last: bool = True
     num_workers: int = 0
     accelerator: str = "auto"

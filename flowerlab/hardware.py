@@ -2,7 +2,10 @@
 
 bf16 pays where the hardware computes it natively: a CPU with AMX (``amx_bf16``) or AVX512-BF16
 (``avx512_bf16``), or a GPU that supports it. Elsewhere (e.g. AVX2-only CPUs) bf16 is emulated and
-slower than fp32, so fp32 is the fast correct path.
+slower than fp32, so fp32 is the fast correct path. On the CPU, images under
+``BF16_MIN_IMAGE_SIZE`` px stay fp32 even with AMX: their convolutions are too small for bf16 to
+pay for autocast's casts (``benchmarks/train_speed.py`` on an AMX Xeon: 0.73x at 32 px, 1.15x at
+64 px, 2.2x at 128 px).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 import torch
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+BF16_MIN_IMAGE_SIZE = 64
 
 
 def _cpuinfo_field(name: str, cpuinfo: str | None) -> str | None:
@@ -36,8 +40,9 @@ def cpu_model(cpuinfo: str | None = None) -> str:
 
 
 def choose_precision(requested: str, accelerator: str = "auto", flags: set[str] | None = None,
-                     gpu_bf16: bool | None = None) -> tuple[str, str]:
-    """Lightning's ``precision`` for ``requested`` (``auto`` or an explicit value), and why."""
+                     gpu_bf16: bool | None = None, image_size: int | None = None) -> tuple[str, str]:
+    """Lightning's ``precision`` for ``requested`` (``auto`` or an explicit value), and why;
+    ``image_size`` is the side of the training images, where known."""
     if requested != "auto":
         return requested, "set in params"
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
@@ -48,6 +53,9 @@ def choose_precision(requested: str, accelerator: str = "auto", flags: set[str] 
         return "32-true", "GPU without bf16 support"
     flags = cpu_flags() if flags is None else flags
     native = [flag for flag in BF16_CPU_FLAGS if flag in flags]
+    if native and image_size is not None and image_size < BF16_MIN_IMAGE_SIZE:
+        return "32-true", (f"CPU has {' and '.join(native)}, but {image_size}-px images are too small "
+                           f"for bf16 to pay (under {BF16_MIN_IMAGE_SIZE} px)")
     if native:
         return "bf16-mixed", f"CPU has {' and '.join(native)}"
     return "32-true", "CPU has neither AMX nor AVX512-BF16: bf16 would be emulated"

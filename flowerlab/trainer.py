@@ -31,13 +31,13 @@ def make_profiler(kind: str | None, name: str) -> Profiler | None:
 
 
 def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: list[Callback],
-                 name: str) -> L.Trainer:
+                 name: str, image_size: int | None = None) -> L.Trainer:
     """A deterministic Trainer on ``train``'s accelerator, devices, nodes, strategy and precision,
     logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots);
     ``name`` names the profiler report when ``train.profiler`` is set. ``train.precision: auto``
-    becomes what the hardware computes fastest; the choice and its reason are printed and logged
-    with the hyperparameters (``metrics/<stage>/params.yaml``)."""
-    precision, reason = choose_precision(train.precision, train.accelerator)
+    becomes what the hardware computes fastest at ``image_size``; the choice and its reason are
+    printed and logged with the hyperparameters (``metrics/<stage>/params.yaml``)."""
+    precision, reason = choose_precision(train.precision, train.accelerator, image_size=image_size)
     print(f"{name}: precision {precision} ({reason})")
     return L.Trainer(
         max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,

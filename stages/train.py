@@ -32,7 +32,7 @@ def main() -> None:
                                  save_weights_only=True)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
                            [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience)],
-                           name="train")
+                           name="train", image_size=params.data.image_size)
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

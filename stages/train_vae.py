@@ -30,7 +30,7 @@ def main() -> None:
                                  save_weights_only=True)
     trainer = make_trainer(params.train, vae.epochs, paths.VAE_TRAIN_LOG_DIR,
                            [checkpoint, EarlyStopping("val/loss", mode="min", patience=vae.patience)],
-                           name="train_vae")
+                           name="train_vae", image_size=vae.image_size)
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

@@ -36,3 +36,11 @@ def test_an_explicit_precision_is_kept() -> None:
 def test_this_machine_gets_a_valid_choice() -> None:
     precision, why = choose_precision("auto")
     assert precision in ("bf16-mixed", "32-true") and why
+
+
+@pytest.mark.parametrize(("size", "expected"), [(32, "32-true"), (63, "32-true"), (64, "bf16-mixed"),
+                                                (224, "bf16-mixed")])
+def test_auto_on_an_amx_cpu_keeps_small_images_in_fp32(size: int, expected: str) -> None:
+    precision, why = choose_precision("auto", "cpu", flags={"amx_bf16"}, image_size=size)
+    assert precision == expected and ("too small" in why) == (expected == "32-true")
+    assert choose_precision("auto", "cpu", flags={"avx2"}, image_size=size)[0] == "32-true"
