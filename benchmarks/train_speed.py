@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from flowerlab.classifier.network import ImageClassifier
 from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
-from flowerlab.data.transforms import train_transform
+from flowerlab.data.transforms import choose_augmentation, train_transform
 from flowerlab.hardware import choose_precision, cpu_model
 
 BATCH = {32: 128, 64: 64, 96: 48, 128: 32, 160: 24, 224: 16}
@@ -62,12 +62,14 @@ def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last:
 
 
 def batch_seconds(size: int, batch: int, workers: int, batches: int = 12) -> float:
-    """Seconds the training DataLoader takes per batch: the stage's augmentation, per sample."""
+    """Seconds the training DataLoader takes per batch: the augmentation the train stage picks at
+    ``size`` (``train.augment: auto``), per sample."""
     rng = np.random.default_rng(0)
     count = batch * batches
     data = PreparedData(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
                         rng.integers(0, CLASSES, count), [str(i) for i in range(CLASSES)], size, "random")
-    dataset = StoredImages(data, list(range(count)), train_transform(size, 0.85, False, 0.0))
+    augmentation = choose_augmentation("auto", size)[1]
+    dataset = StoredImages(data, list(range(count)), train_transform(size, augmentation))
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
     iterator = iter(loader)
     next(iterator)  # worker start-up is paid once per epoch, not per batch
@@ -100,7 +102,9 @@ def main() -> None:
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
         wait = batch_seconds(size, batch, args.workers)
         step = batch / speeds[1]
-        print(f"{size:4d} {batch:5d} data wait ({args.workers} workers): {wait * 1000:.1f} ms per batch, "
+        preset = choose_augmentation("auto", size)[0]
+        print(f"{size:4d} {batch:5d} data wait ({preset} augmentation, {args.workers} workers): "
+              f"{wait * 1000:.1f} ms per batch, "
               f"{100 * wait / (wait + step):.1f}% of an auto step")
 
 

@@ -48,6 +48,8 @@ class SplitParams:
 class ModelParams:
     pretrained: bool = False
     weights_path: str | None = None  # local ImageNet weights file for air-gapped machines
+    backbone_lr_scale: float = 0.1  # pretrained only: the backbone learns at lr * this
+    freeze_epochs: int = 1  # pretrained only: epochs the backbone stays frozen at the start
 
 
 @dataclass
@@ -55,10 +57,12 @@ class TrainParams:
     weight_decay: float = 0.05
     label_smoothing: float = 0.1
     warmup_epochs: int = 1
-    crop_scale_min: float = 0.85
-    trivial_augment: bool = False
-    random_erasing: float = 0.0
-    patience: int = 3
+    augment: str = "auto"  # auto | light | strong: flowerlab.data.transforms.choose_augmentation
+    crop_scale_min: float | None = None  # None: the augment preset's value (also below)
+    trivial_augment: bool | None = None
+    random_erasing: float | None = None
+    mix: float | None = None  # probability of CutMix or MixUp on a training batch
+    patience: int = 10
     precision: str = "auto"  # flowerlab.hardware.choose_precision
     channels_last: bool = True
     num_workers: int = 0
@@ -107,10 +111,11 @@ _POSITIVE_INTS = ("epochs", "batch_size", "data.image_size", "data.samples_per_c
                   "vae.epochs", "vae.batch_size", "train.devices", "train.num_nodes")
 _POSITIVE_FLOATS = ("lr", "vae.lr")
 _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.patience",
-                 "train.num_workers", "evaluate.misclassified_images", "vae.beta",
+                 "train.num_workers", "evaluate.misclassified_images", "vae.beta", "model.freeze_epochs",
                  "vae.patience")
 _PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 PROFILERS = ("simple", "advanced", "pytorch")
+AUGMENT_PRESETS = ("auto", "light", "strong")
 
 
 def _get(params: Params, dotted: str):
@@ -133,10 +138,18 @@ def validate(params: Params) -> Params:
     if params.vae.image_size % 8 or params.vae.image_size < 16:
         raise ConfigError("params: 'vae.image_size' must be a multiple of 8 and >= 16, "
                           f"got {params.vae.image_size}")
-    if not 0 < params.train.crop_scale_min <= 1:
-        raise ConfigError("params: 'train.crop_scale_min' must be in (0, 1]")
-    if not 0 <= params.train.random_erasing <= 1:
-        raise ConfigError("params: 'train.random_erasing' must be in [0, 1]")
+    if not 0 < params.model.backbone_lr_scale <= 1:
+        raise ConfigError("params: 'model.backbone_lr_scale' must be in (0, 1], "
+                          f"got {params.model.backbone_lr_scale!r}")
+    if params.train.augment not in AUGMENT_PRESETS:
+        raise ConfigError(f"params: 'train.augment' must be one of {AUGMENT_PRESETS}, "
+                          f"got {params.train.augment!r}")
+    if params.train.crop_scale_min is not None and not 0 < params.train.crop_scale_min <= 1:
+        raise ConfigError("params: 'train.crop_scale_min' must be null or in (0, 1]")
+    if params.train.random_erasing is not None and not 0 <= params.train.random_erasing <= 1:
+        raise ConfigError("params: 'train.random_erasing' must be null or in [0, 1]")
+    if params.train.mix is not None and not 0 <= params.train.mix <= 1:
+        raise ConfigError("params: 'train.mix' must be null or in [0, 1]")
     if not 0 <= params.train.label_smoothing < 1:
         raise ConfigError("params: 'train.label_smoothing' must be in [0, 1)")
     split = params.split

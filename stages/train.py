@@ -5,12 +5,12 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
 from flowerlab import paths
-from flowerlab.classifier.module import FlowerClassifier
+from flowerlab.classifier.module import FlowerClassifier, FreezeBackbone
 from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier, ImageClassifier
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
-from flowerlab.data.transforms import train_transform
+from flowerlab.data.transforms import choose_augmentation, describe, train_transform
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.trainer import make_trainer
 
@@ -19,26 +19,32 @@ def main() -> None:
     params = load_params(paths.PARAMS)
     train = params.train
     L.seed_everything(params.seed, workers=True)
+    size = params.data.image_size
+    preset, augmentation = choose_augmentation(train.augment, size, crop_scale_min=train.crop_scale_min,
+                                               trivial_augment=train.trivial_augment,
+                                               random_erasing=train.random_erasing, mix=train.mix)
     data = FlowerData(paths.PREPARED_DIR, paths.SPLIT_FILE, params.batch_size, train.num_workers,
-                      train_transform(params.data.image_size, train.crop_scale_min,
-                                      train.trivial_augment, train.random_erasing))
+                      train_transform(size, augmentation), mix=augmentation.mix)
     data.setup()
     num_classes = len(data.data.classes)
     net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)
+    pretrained = params.model.pretrained  # fine-tuning: a slower backbone, frozen at first
     model = FlowerClassifier(net, num_classes, params.lr, train.weight_decay, train.label_smoothing,
-                             train.warmup_epochs, train.channels_last)
+                             train.warmup_epochs, train.channels_last,
+                             params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint = ModelCheckpoint(dirpath=paths.CLASSIFIER_CHECKPOINTS, filename="best",
                                  monitor="val/acc", mode="max", save_top_k=1,
                                  save_weights_only=True)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
-                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience)],
-                           name="train", image_size=params.data.image_size)
+                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience),
+                            *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
+                           name="train", image_size=size,
+                           choices={"augment": describe(preset, augmentation)})
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:
         best = FlowerClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",
                                                      net=ImageClassifier(num_classes))
-        size = params.data.image_size
         meta = ClassifierMeta(architecture="resnet18", classes=data.data.classes, image_size=size,
                               source=data.data.source, best_val_acc=float(checkpoint.best_model_score),
                               normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})

@@ -61,6 +61,9 @@ def test_missing_keys_take_the_schema_defaults(tmp_path):
     ({"train.precision": "fp8"}, "train.precision"),
     ({"train.profiler": "fancy"}, "train.profiler"),
     ({"train.label_smoothing": 1.0}, "train.label_smoothing"),
+    ({"model.backbone_lr_scale": 0.0}, "model.backbone_lr_scale"),
+    ({"model.backbone_lr_scale": 2.0}, "model.backbone_lr_scale"),
+    ({"model.freeze_epochs": -1}, "model.freeze_epochs"),
 ])
 def test_bad_params_raise_config_error_naming_the_key(tmp_path, overrides, key):
     path = write_params(tmp_path, overrides)

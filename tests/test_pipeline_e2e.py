@@ -89,6 +89,8 @@ def test_repro_status_and_experiments(history: Path) -> None:
     for stage in ("train", "train_vae"):  # precision: auto is resolved, and the choice recorded
         logged = yaml.safe_load((history / f"metrics/{stage}/params.yaml").read_text())
         assert logged["precision"] in ("32-true", "bf16-mixed") and logged["precision_reason"], logged
+        if stage == "train":
+            assert logged["augment"].startswith("light crop_scale_min=0.85"), logged
     metrics = json.loads((history / "metrics/evaluate.json").read_text())
     assert {"accuracy", "top5_accuracy", "macro_f1", "loss", "ece"} <= set(metrics)
     assert 0.0 <= metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0

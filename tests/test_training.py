@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from flowerlab.classifier.module import FlowerClassifier, param_groups, warmup_cosine
+from flowerlab.classifier.module import FlowerClassifier, FreezeBackbone, param_groups, warmup_cosine
 from flowerlab.classifier.network import ImageClassifier
 
 
@@ -34,6 +34,44 @@ def test_no_weight_decay_on_norms_and_biases() -> None:
     assert len(decay["params"]) + len(no_decay["params"]) == n_params
 
 
+def test_the_backbone_learns_at_its_own_lr_and_the_head_at_lr() -> None:
+    model = FlowerClassifier(ImageClassifier(3), 3, lr=1e-2, backbone_lr_scale=0.1, warmup_epochs=0)
+    run = trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0)
+    run.fit(model, tiny_loader(classes=3))
+    lr_of = {id(p): group["initial_lr"] for group in run.optimizers[0].param_groups
+             for p in group["params"]}
+    assert len(lr_of) == sum(1 for _ in model.net.parameters())
+    assert [lr_of[id(p)] for p in model.net.backbone.parameters()] == pytest.approx([1e-3] * 60)
+    assert [lr_of[id(p)] for p in model.net.head.parameters()] == pytest.approx([1e-2] * 2)
+
+
+@pytest.mark.slow
+def test_a_frozen_backbone_stays_put_for_its_epochs_then_trains() -> None:
+    L.seed_everything(0)
+    model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-2, backbone_lr_scale=0.1, warmup_epochs=0)
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in model.net.state_dict().items()}
+
+    seen = [snapshot()]
+
+    class AfterEachEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen.append(snapshot())
+
+    trainer(max_epochs=2, limit_val_batches=0, callbacks=[FreezeBackbone(1), AfterEachEpoch()]).fit(
+        model, tiny_loader())
+    start, frozen, trained = seen
+
+    def moved(before, after, prefix: str) -> bool:
+        return any(not torch.equal(before[k], after[k]) for k in before if k.startswith(prefix))
+
+    assert not moved(start, frozen, "backbone."), "the backbone (weights or BN stats) moved while frozen"
+    assert moved(start, frozen, "head.")
+    assert moved(frozen, trained, "backbone.conv1") and moved(frozen, trained, "backbone.bn1.running_mean")
+    assert all(p.requires_grad for p in model.net.parameters())
+
+
 def test_warmup_then_cosine() -> None:
     factor = warmup_cosine(total_steps=100, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
@@ -48,6 +86,19 @@ def test_fast_dev_run_logs_metrics() -> None:
     run = trainer(fast_dev_run=True)
     run.fit(model, tiny_loader(), tiny_loader())
     assert {"train/loss", "val/loss", "val/acc", "val/acc_best"} <= set(run.callback_metrics)
+
+
+def test_training_takes_cutmix_mixup_batches_with_probability_labels() -> None:
+    from flowerlab.data.transforms import BatchMix
+
+    L.seed_everything(0)
+    model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-3)
+    plain = tiny_loader()
+    mixed = DataLoader(plain.dataset, batch_size=8, collate_fn=BatchMix(num_classes=4, p=1.0))
+    assert next(iter(mixed))[1].shape == (8, 4)
+    run = trainer(fast_dev_run=True)
+    run.fit(model, mixed, plain)
+    assert torch.isfinite(run.callback_metrics["train/loss"])
 
 
 @pytest.mark.slow

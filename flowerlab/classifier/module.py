@@ -11,17 +11,37 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import BaseFinetuning
 from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norm layers and biases (one-dimensional parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
+    """No weight decay on norm layers and biases (one-dimensional parameters); ``lr`` for both
+    groups where given. Frozen parameters are included: AdamW skips them until they get gradients."""
+    lr_setting = {} if lr is None else {"lr": lr}
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay, **lr_setting},
+            {"params": no_decay, "weight_decay": 0.0, **lr_setting}]
+
+
+class FreezeBackbone(BaseFinetuning):
+    """Fine-tuning pretrained weights: the backbone (batch-norm statistics included) stays frozen
+    for the first ``epochs`` epochs, so the new head learns before the features move."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        if self.epochs > 0:
+            self.freeze(pl_module.net.backbone, train_bn=False)
+
+    def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer) -> None:
+        if epoch == self.epochs:  # its parameters are in the optimizer already, at their own lr
+            self.make_trainable(pl_module.net.backbone)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int):
@@ -35,10 +55,13 @@ def warmup_cosine(total_steps: int, warmup_steps: int):
 
 
 class FlowerClassifier(L.LightningModule):
-    """Trains ``net`` (images in [0, 1] -> logits); logs loss, accuracy and ``val/acc_best``."""
+    """Trains ``net`` (images in [0, 1] -> logits); logs loss, accuracy and ``val/acc_best``.
+    ``backbone_lr_scale`` < 1 gives ``net.backbone`` that fraction of ``lr`` (for pretrained
+    weights); the head keeps ``lr``."""
 
     def __init__(self, net: nn.Module, num_classes: int, lr: float, weight_decay: float = 0.05,
-                 label_smoothing: float = 0.1, warmup_epochs: int = 1, channels_last: bool = True):
+                 label_smoothing: float = 0.1, warmup_epochs: int = 1, channels_last: bool = True,
+                 backbone_lr_scale: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -55,10 +78,10 @@ class FlowerClassifier(L.LightningModule):
         return self.net(images)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        images, labels = batch
+        images, labels = batch  # labels: class ids, or class probabilities after CutMix / MixUp
         logits = self(images)
         loss = self.loss(logits, labels)
-        self.train_acc(logits, labels)
+        self.train_acc(logits, labels if labels.ndim == 1 else labels.argmax(dim=1))
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         return loss
@@ -75,8 +98,10 @@ class FlowerClassifier(L.LightningModule):
         self.log("val/acc_best", self.val_acc_best.compute())
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(param_groups(self.net, self.hparams.weight_decay),
-                                      lr=self.hparams.lr)
+        lr, decay, scale = self.hparams.lr, self.hparams.weight_decay, self.hparams.backbone_lr_scale
+        groups = (param_groups(self.net, decay) if scale == 1 else
+                  param_groups(self.net.backbone, decay, lr * scale) + param_groups(self.net.head, decay, lr))
+        optimizer = torch.optim.AdamW(groups, lr=lr)
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         warmup = min(total // 2, self.hparams.warmup_epochs * per_epoch)

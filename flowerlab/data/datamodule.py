@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from flowerlab.data.split import load_split
 from flowerlab.data.store import PreparedData, load_prepared
-from flowerlab.data.transforms import eval_transform
+from flowerlab.data.transforms import BatchMix, eval_transform
 
 
 class StoredImages(Dataset):
@@ -26,9 +26,10 @@ class StoredImages(Dataset):
 
 class FlowerData(L.LightningDataModule):
     def __init__(self, prepared_dir: str, split_file: str, batch_size: int, num_workers: int = 0,
-                 train_transform=None, val_transform=None):
+                 train_transform=None, val_transform=None, mix: float = 0.0):
+        """``mix``: probability of CutMix or MixUp on a training batch (:class:`BatchMix`)."""
         super().__init__()
-        self.prepared_dir, self.split_file = prepared_dir, split_file
+        self.prepared_dir, self.split_file, self.mix = prepared_dir, split_file, mix
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = train_transform or eval_transform()
         self.plain = val_transform or eval_transform()  # val and test
@@ -42,14 +43,16 @@ class FlowerData(L.LightningDataModule):
                              "val": StoredImages(self.data, split["val"], self.plain),
                              "test": StoredImages(self.data, split["test"], self.plain)}
 
-    def _loader(self, name: str, shuffle: bool) -> DataLoader:
+    def _loader(self, name: str, shuffle: bool, collate_fn=None) -> DataLoader:
         if len(self.datasets[name]) == 0:
             raise ValueError(f"the '{name}' split is empty: add images or change split fractions")
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0)
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          collate_fn=collate_fn)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        mix = BatchMix(len(self.data.classes), self.mix) if self.mix > 0 else None
+        return self._loader("train", shuffle=True, collate_fn=mix)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
