@@ -2,27 +2,34 @@
 Run with ``uvicorn serve.app:app``.
 
 Startup loads only the model files that dvc.lock records, and refuses to start otherwise.
+Uploads decode in a thread pool as wide as the CPU quota; every model call goes through one
+inference thread that batches waiting requests (serve/batching.py).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
+import anyio.to_thread
+import torch
+from anyio import CapacityLimiter
 from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
-from starlette.concurrency import run_in_threadpool
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Scope
 
+from flowerlab.imaging import to_png
+from serve.batching import DeadlineExceeded, InferenceWorker, QueueFull, WorkerStopped, cpu_threads
 from serve.monitoring import (
+    DECODE_SECONDS,
     GENERATED_SAMPLES,
     GENERATION_SECONDS,
     PREDICTION_SECONDS,
@@ -69,6 +76,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_K = 5
 DEFAULT_SAMPLES = 64
 STATIC_DIR = Path(__file__).parent / "static"
+RETRY_AFTER_S = 1  # a full queue drains in a few batches
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,8 @@ class Service:
     predictor: ClassifierPredictor
     vae: VaePredictor
     ready: ReadyResponse
+    worker: InferenceWorker  # runs every model call, in batches
+    cpu_pool: CapacityLimiter  # threads decoding uploads and encoding PNGs at once
 
 
 def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what: str) -> Any:
@@ -111,8 +122,9 @@ def build_service(settings: ServeSettings) -> Service:
                                      "test metrics")
     vae_metrics = validated_metrics(
         VaeMetrics, read_vae_metrics(settings.root, encoder.md5, decoder.md5, classifier.md5), "VAE metrics")
-    return Service(settings, predictor, vae, ReadyResponse(model=info, test_metrics=test_metrics,
-                                                           vae=vae_info, vae_metrics=vae_metrics))
+    ready = ReadyResponse(model=info, test_metrics=test_metrics, vae=vae_info, vae_metrics=vae_metrics)
+    worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
+    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(torch.get_num_threads()))
 
 
 @asynccontextmanager
@@ -121,11 +133,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         # Read here, not at import, so tests and deployments can set FLOWERLAB_* before startup.
         settings = ServeSettings()
+        # One torch thread per CPU of the container's quota: more would only contend for them.
+        torch.set_num_threads(cpu_threads())
         service = build_service(settings)
     except (ModelLoadError, ValidationError) as error:
         logger.error("refusing to start: %s", error)
         raise RuntimeError(f"refusing to start: {error}") from None
+    service.worker.start()
     app.state.service = service
+    logger.info("%d torch threads; batches of up to %d, %.1f ms wait, %d queued at most",
+                torch.get_num_threads(), settings.max_batch, settings.batch_wait_ms, settings.max_queue)
     logger.info("serving %s (md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
                 CLASSIFIER.path, service.ready.model.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,
                 VAE_DECODER.path, service.ready.vae.decoder.md5, settings.root.resolve())
@@ -133,6 +150,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.service = None
+        service.worker.stop()
 
 
 def upload_limit(scope: Scope) -> int | None:
@@ -161,6 +179,33 @@ async def read_upload(service: Service, file: UploadFile) -> bytes:
     return data
 
 
+async def in_pool(service: Service, function: Callable[..., T], *args: Any) -> T:
+    """``function(*args)`` in a thread, at most one thread per torch thread at a time."""
+    return await anyio.to_thread.run_sync(function, *args, limiter=service.cpu_pool)
+
+
+async def decoded(service: Service, kind: str, decode: Callable[[bytes], torch.Tensor], data: bytes
+                  ) -> torch.Tensor:
+    """An upload decoded and preprocessed off the event loop, as a batch of one."""
+    start = time.perf_counter()
+    image = await in_pool(service, decode, data)
+    DECODE_SECONDS.labels(kind).observe(time.perf_counter() - start)
+    return image.unsqueeze(0)
+
+
+def deadline(service: Service) -> float:
+    return time.monotonic() + service.settings.request_timeout_s
+
+
+async def handle_busy(request: Request, error: Exception) -> Response:
+    """The queue is full, or the worker is stopping: 503, retry soon."""
+    return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+async def handle_deadline(request: Request, error: Exception) -> Response:
+    return JSONResponse({"detail": str(error)}, status_code=504)
+
+
 ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame)")]
 
 def create_app() -> FastAPI:
@@ -170,6 +215,9 @@ def create_app() -> FastAPI:
     app.state.service = None
     app.add_exception_handler(InputRejected, handle_input_rejected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
+    app.add_exception_handler(QueueFull, handle_busy)
+    app.add_exception_handler(WorkerStopped, handle_busy)
+    app.add_exception_handler(DeadlineExceeded, handle_deadline)
     app.add_middleware(UploadLimit, limit=upload_limit)
     app.add_middleware(RequestMetrics)  # added last, so outermost: it also counts UploadLimit's 413s
 
@@ -183,7 +231,7 @@ def create_app() -> FastAPI:
         """Readiness: the models are loaded; describes them and their evaluation metrics."""
         return current_service(request).ready
 
-    @app.post("/predict", response_model=PredictResponse, responses=error_responses(413, 415, 422, 503))
+    @app.post("/predict", response_model=PredictResponse, responses=error_responses(413, 415, 422, 503, 504))
     async def predict(
         request: Request,
         file: ImageUpload,
@@ -198,9 +246,11 @@ def create_app() -> FastAPI:
             raise InputRejected(422, "bad_k", f"k must be between 1 and {num_classes} "
                                               f"(the number of classes), got {k}")
         data = await read_upload(service, file)
-        start = time.perf_counter()
-        # Decoding and inference block; keep them off the event loop.
-        response = await run_in_threadpool(service.predictor, data, k)
+        start, until = time.perf_counter(), deadline(service)
+        predictor = service.predictor
+        image = await decoded(service, "predict", predictor.decode_request, data)
+        probabilities = await service.worker.infer("predict", predictor.predict, image, until)
+        response = predictor.encode_response(probabilities[0], k)
         elapsed = time.perf_counter() - start
         PREDICTION_SECONDS.observe(elapsed)
         logger.debug("predicted %s in %.3f s", response.predictions[0].label, elapsed)
@@ -208,7 +258,7 @@ def create_app() -> FastAPI:
 
     @app.post("/reconstruct", response_class=Response,
               responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
-                         **error_responses(413, 415, 422, 503)})
+                         **error_responses(413, 415, 422, 503, 504)})
     async def reconstruct(request: Request, file: ImageUpload) -> Response:
         """The VAE's reconstruction of one image: decoder(encoder mean), as a PNG at the VAE's size.
 
@@ -216,8 +266,10 @@ def create_app() -> FastAPI:
         """
         service = current_service(request)
         data = await read_upload(service, file)
-        start = time.perf_counter()
-        png = await run_in_threadpool(service.vae.reconstruction, data)
+        start, until = time.perf_counter(), deadline(service)
+        image = await decoded(service, "reconstruct", service.vae.decode_request, data)
+        reconstruction = await service.worker.infer("reconstruct", service.vae.reconstruct, image, until)
+        png = await in_pool(service, to_png, reconstruction[0])
         RECONSTRUCTION_SECONDS.observe(time.perf_counter() - start)
         return Response(png, media_type="image/png")
 
@@ -225,7 +277,7 @@ def create_app() -> FastAPI:
               responses={200: {**PNG_RESPONSE, "headers": SEED_HEADER,
                                "description": "a PNG grid of the samples (format=png), or each sample "
                                               "as a base64 PNG (format=json)"},
-                         **error_responses(422, 503)})
+                         **error_responses(422, 503, 504)})
     async def generate(
         request: Request,
         n: Annotated[int, Query(ge=1, le=MAX_SAMPLES, description=f"how many samples, 1 to {MAX_SAMPLES}")
@@ -238,8 +290,14 @@ def create_app() -> FastAPI:
     ) -> Any:
         """New images from the VAE's decoder, with latents drawn from the prior N(0, I)."""
         service = current_service(request)
-        start = time.perf_counter()
-        body, seed = await run_in_threadpool(service.vae.generation, n, seed, output_format == "json")
+        start, until = time.perf_counter(), deadline(service)
+        seed = service.vae.seed_or_random(seed)
+        images = []
+        # One chunk of at most max_batch samples at a time: requests queued meanwhile run in between.
+        for latents in service.vae.latents(n, seed).split(service.settings.max_batch):
+            images.append(await service.worker.infer("generate", service.vae.decode, latents, until))
+        body = await in_pool(service, service.vae.encode_samples, torch.cat(images), seed,
+                             output_format == "json")
         GENERATION_SECONDS.observe(time.perf_counter() - start)
         GENERATED_SAMPLES.inc(n)
         headers = {"X-Seed": str(seed)}

@@ -1,7 +1,8 @@
 """The request paths of the classifier and the VAE, LitServe-shaped:
 decode_request -> predict -> encode_response.
 
-``predict`` takes a batch, so a dynamic-batching queue can later sit between decode and predict.
+``predict`` takes a batch: the app decodes each upload in a thread pool and the inference worker
+(serve/batching.py) runs ``predict`` on the requests waiting together.
 Preprocessing is flowerlab.imaging's, the same functions prepare applied to every training and
 test image, and the models are the exported programs the evaluate stages ran.
 """
@@ -120,10 +121,6 @@ class ClassifierPredictor:
             Prediction(label=self.classes[i], class_id=i, probability=p)
             for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
 
-    def __call__(self, data: bytes, k: int) -> PredictResponse:
-        """The whole path for one upload (a batch of one)."""
-        return self.encode_response(self.predict(self.decode_request(data).unsqueeze(0))[0], k)
-
 
 class VaePredictor:
     """Reconstruct uploads and sample the prior with the exported VAE halves; built once at startup."""
@@ -185,19 +182,14 @@ class VaePredictor:
         """uint8 images (N, 3, S, S) -> deterministic reconstructions, float in [0, 1]."""
         return self.decode(self.encode(images))
 
-    def reconstruction(self, data: bytes) -> bytes:
-        """The whole /reconstruct path for one upload (a batch of one): PNG bytes, S x S."""
-        return to_png(self.reconstruct(self.decode_request(data).unsqueeze(0))[0])
-
-    # /generate: (n, seed) -> z ~ N(0, I) -> decoder -> a PNG grid, or one base64 PNG each.
+    # /generate: (n, seed) -> z ~ N(0, I) -> decoder, in chunks -> a PNG grid, or one base64 PNG each.
     def latents(self, n: int, seed: int) -> torch.Tensor:
         """``n`` prior draws from a generator of its own: the global RNG is never touched."""
         return torch.randn(n, self.latent_dim, generator=torch.Generator().manual_seed(seed))
 
-    def samples(self, n: int, seed: int | None = None) -> tuple[torch.Tensor, int]:
-        """``n`` decoded prior samples and the seed that reproduces them (random when None)."""
-        seed = secrets.randbelow(MAX_SEED + 1) if seed is None else seed
-        return self.decode(self.latents(n, seed)), seed
+    @staticmethod
+    def seed_or_random(seed: int | None) -> int:
+        return secrets.randbelow(MAX_SEED + 1) if seed is None else seed
 
     @staticmethod
     def encode_samples(images: torch.Tensor, seed: int, as_json: bool) -> bytes | GenerateResponse:
@@ -205,8 +197,3 @@ class VaePredictor:
             return GenerateResponse(seed=seed, images=[base64.b64encode(to_png(image)).decode("ascii")
                                                        for image in images])
         return grid_png(images)
-
-    def generation(self, n: int, seed: int | None, as_json: bool) -> tuple[bytes | GenerateResponse, int]:
-        """The whole /generate path: the encoded samples and their seed."""
-        images, seed = self.samples(n, seed)
-        return self.encode_samples(images, seed, as_json), seed

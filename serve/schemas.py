@@ -107,8 +107,12 @@ ERROR_DESCRIPTIONS = {
     422: "bad k, empty file, truncated or corrupt image (detail is a string), "
          "or a malformed request such as a missing field or an out-of-range query parameter "
          "(detail is FastAPI's list of errors)",
-    503: "model not loaded yet",
+    503: "model not loaded yet, or FLOWERLAB_MAX_QUEUE requests already wait for the inference worker "
+         "(then Retry-After says when to retry)",
+    504: "no answer within FLOWERLAB_REQUEST_TIMEOUT_S; the request was not computed",
 }
+RETRY_AFTER_HEADER = {"Retry-After": {"description": "seconds to wait before retrying",
+                                      "schema": {"type": "integer"}}}
 PNG_RESPONSE = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}
 SEED_HEADER = {"X-Seed": {"description": "the seed that reproduces this response",
                           "schema": {"type": "integer"}}}
@@ -117,4 +121,5 @@ SEED_HEADER = {"X-Seed": {"description": "the seed that reproduces this response
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI entries for the error codes an endpoint can answer."""
     return {code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse,
-                   "description": ERROR_DESCRIPTIONS[code]} for code in codes}
+                   "description": ERROR_DESCRIPTIONS[code],
+                   **({"headers": RETRY_AFTER_HEADER} if code == 503 else {})} for code in codes}

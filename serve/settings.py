@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServeSettings(BaseSettings):
-    """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES`` and ``FLOWERLAB_MAX_PIXELS``."""
+    """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
+    worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``FLOWERLAB_MAX_QUEUE`` and
+    ``FLOWERLAB_REQUEST_TIMEOUT_S``."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWERLAB_", extra="ignore")
 
@@ -19,3 +21,11 @@ class ServeSettings(BaseSettings):
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
     # Tighter than Pillow's ~89 MP default: 40 MP covers any phone photo, and decoding is bounded.
     max_pixels: PositiveInt = 40_000_000
+    # Most images (or latents) per model call; /generate runs in chunks of this many samples.
+    max_batch: PositiveInt = 16
+    # How long the worker waits for more requests once one arrives, to fill a batch.
+    batch_wait_ms: NonNegativeFloat = 5.0
+    # Jobs waiting for the worker; one more answers 503 with Retry-After.
+    max_queue: PositiveInt = 64
+    # From the upload read to the answer; past it the request answers 504 and is never computed.
+    request_timeout_s: PositiveFloat = 30.0

@@ -1,0 +1,199 @@
+"""One inference thread with dynamic batching, and the CPU count torch should use.
+
+Requests decode in a thread pool, then ``await worker.infer(...)``: their tensor joins a bounded queue,
+and the worker thread takes whatever is waiting (up to ``max_batch`` items, waiting at most
+``wait_s`` for more), runs each model once on the concatenation and resolves each request's asyncio
+future through ``loop.call_soon_threadsafe``. Jobs whose deadline passed are dropped, not computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from serve.monitoring import BATCH_SIZE, EXPIRED_JOBS, INFERENCE_SECONDS, QUEUE_DEPTH
+
+logger = logging.getLogger(__name__)
+
+CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+HISTORY = 1024  # (kind, items) of the last batches run, for tests and debugging
+
+
+def cpu_threads(cpu_max: Path = CGROUP_CPU_MAX) -> int:
+    """CPUs this process may use: the cgroup v2 quota ("200000 100000" is 2 CPUs, "max" is none),
+    rounded down (at least 1), and never more than the CPUs it may run on."""
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        available = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            return max(1, min(available, math.floor(int(quota) / int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or not shaped as expected
+        pass
+    return available
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` jobs: answer 503 with Retry-After."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its result came: answer 504."""
+
+
+class WorkerStopped(Exception):
+    """The service is shutting down."""
+
+
+Model = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(eq=False)
+class Job:
+    kind: str  # jobs of one kind run the same model, so they batch together
+    model: Model
+    items: torch.Tensor  # (n, ...): n items of the batch
+    deadline: float  # time.monotonic()
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[torch.Tensor]
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+
+class InferenceWorker:
+    """The one thread that runs the models; ``infer`` is its asyncio side."""
+
+    def __init__(self, max_batch: int, wait_s: float, max_queue: int) -> None:
+        self.max_batch, self.wait_s, self.max_queue = max_batch, wait_s, max_queue
+        self.history: deque[tuple[str, int]] = deque(maxlen=HISTORY)
+        self._queue: deque[Job] = deque()
+        self._changed = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Finish the batch in progress, fail the queued jobs, and end the thread."""
+        with self._changed:
+            self._stopping = True
+            left, self._queue = list(self._queue), deque()
+            self._changed.notify()
+        for job in left:
+            settle(job, error=WorkerStopped("the service is shutting down"))
+        self._thread.join()
+
+    def queued(self) -> int:
+        with self._changed:
+            return len(self._queue)
+
+    async def infer(self, kind: str, model: Model, items: torch.Tensor, deadline: float) -> torch.Tensor:
+        """``model(items)``, computed in a batch with other waiting jobs of ``kind``.
+
+        Raises QueueFull when ``max_queue`` jobs wait, DeadlineExceeded once ``deadline`` passes.
+        """
+        loop = asyncio.get_running_loop()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("no answer within the request timeout")
+        job = Job(kind, model, items, deadline, loop, loop.create_future())
+        with self._changed:
+            if self._stopping:
+                raise WorkerStopped("the service is shutting down")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{self.max_queue} requests already wait for the model; retry later")
+            self._queue.append(job)
+            self._changed.notify()
+        try:
+            return await asyncio.wait_for(job.future, remaining)  # cancels the future on timeout
+        except TimeoutError:
+            raise DeadlineExceeded("no answer within the request timeout") from None
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            kinds: dict[str, list[Job]] = {}
+            for job in batch:  # in order of arrival: a kind's jobs run where its first job was queued
+                kinds.setdefault(job.kind, []).append(job)
+            for kind, jobs in kinds.items():
+                self._compute(kind, jobs)
+
+    def _take(self) -> list[Job] | None:
+        """The next batch: at least one job, then more up to ``max_batch`` items until ``wait_s``
+        has passed since the first; a job that would not fit waits for the next batch."""
+        with self._changed:
+            while not self._queue and not self._stopping:
+                self._changed.wait()
+            if self._stopping:
+                return None
+            batch = [self._queue.popleft()]
+            items = batch[0].size
+            window_end = time.monotonic() + self.wait_s
+            while items < self.max_batch:
+                if self._queue:
+                    if items + self._queue[0].size > self.max_batch:
+                        break
+                    batch.append(self._queue.popleft())
+                    items += batch[-1].size
+                    continue
+                remaining = window_end - time.monotonic()
+                if remaining <= 0 or self._stopping:
+                    break
+                self._changed.wait(remaining)
+            QUEUE_DEPTH.observe(len(batch) + len(self._queue))
+            return batch
+
+    def _compute(self, kind: str, jobs: list[Job]) -> None:
+        now = time.monotonic()
+        live = []
+        for job in jobs:
+            if job.deadline <= now or job.future.done():  # timed out, or the client went away
+                EXPIRED_JOBS.labels(kind).inc()
+                settle(job, error=DeadlineExceeded("the request timed out before its turn"))
+            else:
+                live.append(job)
+        if not live:
+            return
+        sizes = [job.size for job in live]
+        BATCH_SIZE.labels(kind).observe(sum(sizes))
+        start = time.perf_counter()
+        try:
+            outputs = live[0].model(torch.cat([job.items for job in live]))
+        except Exception as error:  # every request of the batch answers 500, the worker keeps going
+            logger.exception("%s batch of %d failed", kind, sum(sizes))
+            for job in live:
+                settle(job, error=error)
+            return
+        INFERENCE_SECONDS.labels(kind).observe(time.perf_counter() - start)
+        self.history.append((kind, sum(sizes)))
+        for job, output in zip(live, outputs.split(sizes), strict=True):
+            settle(job, result=output)
+
+
+def settle(job: Job, result: torch.Tensor | None = None, error: Exception | None = None) -> None:
+    """Resolve ``job.future`` on its event loop, unless it was cancelled meanwhile."""
+    def resolve() -> None:
+        if job.future.done():
+            return
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)
+
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+        job.loop.call_soon_threadsafe(resolve)
