@@ -103,8 +103,9 @@ def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what:
         return None
 
 
-def build_service(settings: ServeSettings) -> Service:
-    """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError."""
+def build_service(settings: ServeSettings, threads: int) -> Service:
+    """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError.
+    ``threads``: CPUs for torch, and for the pool that decodes uploads."""
     loaded = load_artifacts(settings.root)
     classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
     predictor = ClassifierPredictor(classifier, settings.max_pixels)
@@ -123,8 +124,8 @@ def build_service(settings: ServeSettings) -> Service:
     vae_metrics = validated_metrics(
         VaeMetrics, read_vae_metrics(settings.root, encoder.md5, decoder.md5, classifier.md5), "VAE metrics")
     ready = ReadyResponse(model=info, test_metrics=test_metrics, vae=vae_info, vae_metrics=vae_metrics)
-    worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue)
-    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(torch.get_num_threads()))
+    worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads)
+    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads))
 
 
 @asynccontextmanager
@@ -134,15 +135,16 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Read here, not at import, so tests and deployments can set FLOWERLAB_* before startup.
         settings = ServeSettings()
         # One torch thread per CPU of the container's quota: more would only contend for them.
-        torch.set_num_threads(cpu_threads())
-        service = build_service(settings)
+        threads = cpu_threads()
+        torch.set_num_threads(threads)
+        service = build_service(settings, threads)
     except (ModelLoadError, ValidationError) as error:
         logger.error("refusing to start: %s", error)
         raise RuntimeError(f"refusing to start: {error}") from None
     service.worker.start()
     app.state.service = service
     logger.info("%d torch threads; batches of up to %d, %.1f ms wait, %d queued at most",
-                torch.get_num_threads(), settings.max_batch, settings.batch_wait_ms, settings.max_queue)
+                threads, settings.max_batch, settings.batch_wait_ms, settings.max_queue)
     logger.info("serving %s (md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
                 CLASSIFIER.path, service.ready.model.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,
                 VAE_DECODER.path, service.ready.vae.decoder.md5, settings.root.resolve())

@@ -3,7 +3,8 @@
 Requests decode in a thread pool, then ``await worker.infer(...)``: their tensor joins a bounded queue,
 and the worker thread takes whatever is waiting (up to ``max_batch`` items, waiting at most
 ``wait_s`` for more), runs each model once on the concatenation and resolves each request's asyncio
-future through ``loop.call_soon_threadsafe``. Jobs whose deadline passed are dropped, not computed.
+future through ``loop.call_soon_threadsafe``. A job whose deadline passes leaves the queue, or the batch
+it was taken into, without being computed.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class Job:
 class InferenceWorker:
     """The one thread that runs the models; ``infer`` is its asyncio side."""
 
-    def __init__(self, max_batch: int, wait_s: float, max_queue: int) -> None:
+    def __init__(self, max_batch: int, wait_s: float, max_queue: int, threads: int | None = None) -> None:
         self.max_batch, self.wait_s, self.max_queue = max_batch, wait_s, max_queue
+        self.threads = threads  # torch threads for the models; None keeps torch's count
         self.history: deque[tuple[str, int]] = deque(maxlen=HISTORY)
         self._queue: deque[Job] = deque()
         self._changed = threading.Condition()
@@ -117,15 +119,29 @@ class InferenceWorker:
             if self._stopping:
                 raise WorkerStopped("the service is shutting down")
             if len(self._queue) >= self.max_queue:
-                raise QueueFull(f"{self.max_queue} requests already wait for the model; retry later")
+                raise QueueFull(f"the inference queue is full ({self.max_queue} requests wait); retry later")
             self._queue.append(job)
             self._changed.notify()
         try:
             return await asyncio.wait_for(job.future, remaining)  # cancels the future on timeout
         except TimeoutError:
+            self._withdraw(job)
             raise DeadlineExceeded("no answer within the request timeout") from None
+        except asyncio.CancelledError:  # the client went away
+            self._withdraw(job)
+            raise
+
+    def _withdraw(self, job: Job) -> None:
+        """Free the queue slot of a job nobody waits for; one the worker took already, it skips."""
+        with self._changed:
+            if job in self._queue:
+                self._queue.remove(job)
+                EXPIRED_JOBS.labels(job.kind).inc()
 
     def _run(self) -> None:
+        if self.threads is not None:
+            # Per thread once a thread has used torch (OpenMP), so set here, where the models run.
+            torch.set_num_threads(self.threads)
         while (batch := self._take()) is not None:
             kinds: dict[str, list[Job]] = {}
             for job in batch:  # in order of arrival: a kind's jobs run where its first job was queued

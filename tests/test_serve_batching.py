@@ -1,0 +1,372 @@
+"""The inference worker: dynamic batching, the bounded queue (503), the request deadline (504),
+/generate in chunks that let /predict in between, and torch's thread count from the CPU quota.
+
+Nothing here waits for a race to go one way: a gate blocks the model inside the worker thread while
+the test lines up the queue, then opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
+
+from serve import app as app_module
+from serve.app import create_app
+from serve.batching import DeadlineExceeded, InferenceWorker, QueueFull, WorkerStopped, cpu_threads
+from serve.predictor import ClassifierPredictor, VaePredictor
+from tests.builders import CLASSES, encode_image, noise_image
+
+WAIT_S = 60  # only reached when something is broken
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def post(client: TestClient, data: bytes, **params: object):
+    return client.post("/predict", params=params, files={"file": ("upload", data)})
+
+
+def by_class(response) -> list[float]:
+    assert response.status_code == 200, response.text
+    probability = {p["class_id"]: p["probability"] for p in response.json()["predictions"]}
+    return [probability[i] for i in range(len(CLASSES))]
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.01)
+
+
+class Gate:
+    """Wraps a model method: the calls numbered in ``blocked`` (from 0) block inside the worker thread
+    until ``open(call)``; ``batches`` records the size of every call."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, cls: type, method: str,
+                 blocked: tuple[int, ...] = (0,)) -> None:
+        self.events = {call: (threading.Event(), threading.Event()) for call in blocked}  # entered, opened
+        self.batches: list[int] = []
+        original, gate = getattr(cls, method), self
+
+        def gated(self, batch: torch.Tensor) -> torch.Tensor:
+            call = len(gate.batches)
+            gate.batches.append(len(batch))
+            if call in gate.events:
+                entered, opened = gate.events[call]
+                entered.set()
+                assert opened.wait(WAIT_S)
+            return original(self, batch)
+
+        monkeypatch.setattr(cls, method, gated)
+
+    def wait_entered(self, call: int = 0) -> None:
+        assert self.events[call][0].wait(WAIT_S), f"model call {call} never came"
+
+    def open(self, call: int | None = None) -> None:
+        for number, (_entered, opened) in self.events.items():
+            if call in (None, number):
+                opened.set()
+
+
+@contextmanager
+def started(served_root: Path, monkeypatch: pytest.MonkeyPatch, **settings: object) -> Iterator[TestClient]:
+    """An app of its own with FLOWERLAB_<NAME> settings; its gates always open at the end."""
+    monkeypatch.setenv("FLOWERLAB_ROOT", str(served_root))
+    for name, value in settings.items():
+        monkeypatch.setenv(f"FLOWERLAB_{name.upper()}", str(value))
+    with TestClient(create_app()) as client:
+        yield client
+
+
+def worker_of(client: TestClient) -> InferenceWorker:
+    return client.app.state.service.worker
+
+
+IMAGES = [encode_image(noise_image(seed=seed), "PNG") for seed in range(8)]
+
+
+# --- torch threads from the CPU quota ---
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ("200000 100000\n", 2), ("150000 100000", 1), ("50000 100000", 1), ("400000 50000", 8),
+    ("1600000 100000", 8), ("max 100000\n", 8), ("", 8), ("garbage", 8), (None, 8),
+], ids=["2_cpus", "1.5_cpus", "half_cpu", "other_period", "over_affinity", "max", "empty", "garbage",
+        "missing"])
+def test_cpu_threads_follow_the_cgroup_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             content: str | None, expected: int) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
+    cpu_max = tmp_path / "cpu.max"
+    if content is not None:
+        cpu_max.write_text(content)
+    assert cpu_threads(cpu_max) == expected
+
+
+def test_the_models_run_with_the_quotas_threads(served_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before, seen = torch.get_num_threads(), []
+    original = ClassifierPredictor.predict
+    monkeypatch.setattr(app_module, "cpu_threads", lambda: 1)
+    try:
+        with started(served_root, monkeypatch, max_batch=7, batch_wait_ms=2.5, max_queue=9) as client:
+            monkeypatch.setattr(ClassifierPredictor, "predict", lambda self, batch: (
+                seen.append(torch.get_num_threads()) or original(self, batch)))
+            assert post(client, IMAGES[0]).status_code == 200
+            worker = worker_of(client)
+            assert (worker.max_batch, worker.wait_s, worker.max_queue) == (7, 0.0025, 9)
+            assert client.app.state.service.cpu_pool.total_tokens == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1]  # in the worker thread
+
+
+# --- the worker on its own, with a fake model ---
+
+def double(batch: torch.Tensor) -> torch.Tensor:
+    return batch * 2
+
+
+def test_worker_batches_what_waits_and_answers_each_job() -> None:
+    async def scenario() -> None:
+        worker = InferenceWorker(max_batch=4, wait_s=0.5, max_queue=10)
+        worker.start()
+        try:
+            until = time.monotonic() + WAIT_S
+            # All four are queued before the worker's window closes: one batch.
+            results = await asyncio.gather(*(worker.infer("k", double, torch.full((1, 2), float(i)), until)
+                                             for i in range(4)))
+            assert [r.tolist() for r in results] == [[[2.0 * i] * 2] for i in range(4)]
+            # A job of 3 items does not fit beside 2 more: it runs next, in a batch of its own.
+            results = await asyncio.gather(worker.infer("k", double, torch.ones(2, 1), until),
+                                           worker.infer("k", double, torch.ones(3, 1), until))
+            assert [len(r) for r in results] == [2, 3]
+        finally:
+            worker.stop()
+        assert list(worker.history) == [("k", 4), ("k", 2), ("k", 3)]
+
+    asyncio.run(scenario())
+
+
+def test_worker_drops_an_expired_job_and_refuses_over_the_queue_bound() -> None:
+    entered, opened, seen = threading.Event(), threading.Event(), []
+
+    def gated(batch: torch.Tensor) -> torch.Tensor:
+        seen.append(batch.tolist())
+        entered.set()
+        assert opened.wait(WAIT_S)
+        return batch
+
+    async def scenario() -> None:
+        worker = InferenceWorker(max_batch=1, wait_s=0, max_queue=1)
+        worker.start()
+        expired = sample("flowerlab_inference_expired_total", kind="k")
+        try:
+            until = time.monotonic() + WAIT_S
+            first = asyncio.ensure_future(worker.infer("k", gated, torch.tensor([1.0]), until))
+            assert await asyncio.to_thread(entered.wait, WAIT_S)
+            with pytest.raises(DeadlineExceeded):  # waits behind the blocked job, past its deadline
+                await worker.infer("k", gated, torch.tensor([2.0]), time.monotonic() + 0.2)
+            assert worker.queued() == 0  # it gave its place up
+            soon = time.monotonic() + 0.2
+            late = asyncio.ensure_future(worker.infer("k", gated, torch.tensor([3.0]), soon))
+            await asyncio.sleep(0)  # queued: the queue holds its one job
+            assert worker.queued() == 1
+            with pytest.raises(QueueFull, match=r"the inference queue is full \(1 requests wait\)"):
+                await worker.infer("k", gated, torch.tensor([4.0]), time.monotonic() + WAIT_S)
+            with pytest.raises(DeadlineExceeded):
+                await late
+            opened.set()
+            assert (await first).tolist() == [1.0]
+            assert (await worker.infer("k", gated, torch.tensor([5.0]), time.monotonic() + WAIT_S)).tolist() \
+                == [5.0]
+        finally:
+            opened.set()
+            worker.stop()
+        assert seen == [[1.0], [5.0]]  # the expired jobs were never computed
+        assert sample("flowerlab_inference_expired_total", kind="k") - expired == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_job_that_expires_inside_a_forming_batch_is_not_computed() -> None:
+    computed: list[list[float]] = []
+
+    def recording(batch: torch.Tensor) -> torch.Tensor:
+        computed.append(batch.tolist())
+        return batch
+
+    async def scenario() -> None:
+        worker = InferenceWorker(max_batch=2, wait_s=1.0, max_queue=4)  # waits a second for a 2nd job
+        worker.start()
+        expired = sample("flowerlab_inference_expired_total", kind="k")
+        try:
+            with pytest.raises(DeadlineExceeded):
+                await worker.infer("k", recording, torch.tensor([1.0]), time.monotonic() + 0.1)
+            assert (await worker.infer("k", recording, torch.tensor([2.0]), time.monotonic() + WAIT_S)
+                    ).tolist() == [2.0]
+        finally:
+            worker.stop()
+        assert computed == [[2.0]]
+        assert sample("flowerlab_inference_expired_total", kind="k") - expired == 1
+
+    asyncio.run(scenario())
+
+
+def test_stopping_fails_what_is_queued() -> None:
+    entered, opened = threading.Event(), threading.Event()
+
+    def gated(batch: torch.Tensor) -> torch.Tensor:
+        entered.set()
+        assert opened.wait(WAIT_S)
+        return batch
+
+    async def scenario() -> None:
+        worker = InferenceWorker(max_batch=1, wait_s=0, max_queue=4)
+        worker.start()
+        until = time.monotonic() + WAIT_S
+        first = asyncio.ensure_future(worker.infer("k", gated, torch.ones(1), until))
+        assert await asyncio.to_thread(entered.wait, WAIT_S)
+        queued = asyncio.ensure_future(worker.infer("k", gated, torch.ones(1), until))
+        await asyncio.sleep(0)
+        stopping = asyncio.ensure_future(asyncio.to_thread(worker.stop))
+        await asyncio.to_thread(wait_until, lambda: worker.queued() == 0)
+        opened.set()
+        await stopping
+        assert (await first).tolist() == [1.0]
+        with pytest.raises(WorkerStopped):
+            await queued
+        with pytest.raises(WorkerStopped):
+            await worker.infer("k", gated, torch.ones(1), until)
+
+    asyncio.run(scenario())
+
+
+# --- the app ---
+
+def test_batched_predictions_equal_single_image_predictions(client: TestClient, served_root: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    alone = [by_class(post(client, data, k=3)) for data in IMAGES]  # the shared app: batches of one here
+    count = sample("flowerlab_inference_batch_size_count", kind="predict")
+    total = sample("flowerlab_inference_batch_size_sum", kind="predict")
+    # The batch closes when 8 images wait; the long window only matters if fewer ever arrive.
+    with started(served_root, monkeypatch, max_batch=len(IMAGES), batch_wait_ms=WAIT_S * 1000) as batched:
+        with ThreadPoolExecutor(max_workers=len(IMAGES)) as pool:
+            together = list(pool.map(lambda data: post(batched, data, k=3), IMAGES))
+        assert list(worker_of(batched).history) == [("predict", len(IMAGES))]
+    for response, expected in zip(together, alone, strict=True):
+        assert by_class(response) == pytest.approx(expected, abs=1e-5)
+    assert alone[0] != pytest.approx(alone[1], abs=1e-4)  # distinct images: a mix-up would show
+    assert sample("flowerlab_inference_batch_size_count", kind="predict") - count == 1
+    assert sample("flowerlab_inference_batch_size_sum", kind="predict") - total == len(IMAGES)
+
+
+def test_full_queue_is_503_with_retry_after_and_the_service_recovers(served_root: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with started(served_root, monkeypatch, max_queue=1) as client, ThreadPoolExecutor(2) as pool:
+        gate = Gate(monkeypatch, ClassifierPredictor, "predict")
+        try:
+            running = pool.submit(post, client, IMAGES[0])
+            gate.wait_entered()  # the worker is busy with it
+            queued = pool.submit(post, client, IMAGES[1])
+            wait_until(lambda: worker_of(client).queued() == 1)
+            before = sample("flowerlab_http_requests_total", endpoint="/predict", status="503")
+            for response in (post(client, IMAGES[2]), client.post("/generate", params={"n": 4}),
+                             client.post("/reconstruct", files={"file": ("upload", IMAGES[2])})):
+                assert response.status_code == 503
+                assert response.headers["retry-after"] == "1"
+                assert response.json() == {
+                    "detail": "the inference queue is full (1 requests wait); retry later"}
+            assert sample("flowerlab_http_requests_total", endpoint="/predict", status="503") - before == 1
+        finally:
+            gate.open()
+        assert running.result().status_code == queued.result().status_code == 200
+        assert post(client, IMAGES[2]).status_code == 200
+        assert client.post("/generate", params={"n": 4}).status_code == 200
+
+
+def test_request_past_its_deadline_is_504_and_never_computed(served_root: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    with started(served_root, monkeypatch, request_timeout_s=2) as client, ThreadPoolExecutor(1) as pool:
+        gate = Gate(monkeypatch, ClassifierPredictor, "predict")
+        expired = sample("flowerlab_inference_expired_total", kind="predict")
+        try:
+            running = pool.submit(post, client, IMAGES[0])
+            gate.wait_entered()
+            late = post(client, IMAGES[1])  # waits behind the blocked batch until its deadline
+            assert late.status_code == 504
+            assert late.json() == {"detail": "no answer within the request timeout"}
+            assert "retry-after" not in late.headers
+            assert running.result().status_code == 504  # blocked past its own deadline
+        finally:
+            gate.open()
+        response = post(client, IMAGES[2])  # queued after the expired one: the worker has passed it
+        assert response.status_code == 200
+    assert gate.batches == [1, 1]  # the blocked request and the last one; the expired one was dropped
+    assert sample("flowerlab_inference_expired_total", kind="predict") - expired == 1
+
+
+def test_predict_runs_between_the_chunks_of_a_large_generate(client: TestClient, served_root: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    expected = client.post("/generate", params={"n": 256, "seed": 1}).content  # the shared app
+    finished: list[str] = []
+
+    def run(name: str, request: Callable[[], object]):
+        response = request()
+        finished.append(name)
+        return response
+
+    with started(served_root, monkeypatch, max_batch=16) as batched, ThreadPoolExecutor(2) as pool:
+        gate = Gate(monkeypatch, VaePredictor, "decode", blocked=(0, 15))  # the first and last chunks
+        try:
+            generating = pool.submit(run, "generate",
+                                     lambda: batched.post("/generate", params={"n": 256, "seed": 1}))
+            gate.wait_entered(0)  # the first chunk is in the model
+            predicting = pool.submit(run, "predict", lambda: post(batched, IMAGES[0]))
+            wait_until(lambda: worker_of(batched).queued() == 1)
+            gate.open(0)
+            assert predicting.result().status_code == 200
+            assert not generating.done()  # its last chunk cannot have run: the predict did not wait for it
+        finally:
+            gate.open()
+        response = generating.result()
+        history = list(worker_of(batched).history)
+    assert response.status_code == 200 and response.content == expected  # chunks change no byte
+    assert history == [("generate", 16), ("predict", 1)] + [("generate", 16)] * 15
+    assert finished == ["predict", "generate"]
+    assert gate.batches == [16] * 16
+
+
+def test_metrics_expose_the_worker(client: TestClient) -> None:
+    assert post(client, IMAGES[0]).status_code == 200
+    assert client.post("/reconstruct", files={"file": ("upload", IMAGES[0])}).status_code == 200
+    assert client.post("/generate", params={"n": 40}).status_code == 200
+    text = client.get("/metrics").text
+    for line in ("flowerlab_inference_queue_depth_count",
+                 'flowerlab_inference_batch_size_count{kind="predict"}',
+                 'flowerlab_inference_batch_size_bucket{kind="generate",le="16.0"}',
+                 'flowerlab_inference_seconds_count{kind="reconstruct"}',
+                 'flowerlab_decode_seconds_count{kind="predict"}',
+                 'flowerlab_decode_seconds_count{kind="reconstruct"}'):
+        assert line in text
+    assert 'flowerlab_inference_batch_size_bucket{kind="generate",le="8.0"}' in text
+
+
+def test_openapi_documents_503_with_retry_after_and_504(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    for path in ("/predict", "/reconstruct", "/generate"):
+        responses = schema["paths"][path]["post"]["responses"]
+        for code in ("503", "504"):
+            assert responses[code]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorResponse"}
+        assert "Retry-After" in responses["503"]["headers"]
+        assert "FLOWERLAB_REQUEST_TIMEOUT_S" in responses["504"]["description"]
