@@ -178,7 +178,8 @@ class InferenceWorker:
         now = time.monotonic()
         live = []
         for job in jobs:
-            if job.deadline <= now or job.future.done():  # timed out, or the client went away
+            # done(): timed out or the client went away (read across threads: at worst it is computed)
+            if job.deadline <= now or job.future.done():
                 EXPIRED_JOBS.labels(kind).inc()
                 settle(job, error=DeadlineExceeded("the request timed out before its turn"))
             else:
