@@ -62,7 +62,7 @@ class TrainParams:
     trivial_augment: bool | None = None
     random_erasing: float | None = None
     mix: float | None = None  # probability of CutMix or MixUp on a training batch
-    patience: int = 10
+    patience: int = 20
     precision: str = "auto"  # flowerlab.hardware.choose_precision
     channels_last: bool = True
     num_workers: int = 0
@@ -97,7 +97,7 @@ class Params:
     seed: int = 42
     lr: float = 4e-3
     epochs: int = 8
-    batch_size: int = 128
+    batch_size: int | None = None  # None: flowerlab.data.datamodule.auto_batch_size
     data: DataParams = field(default_factory=DataParams)
     split: SplitParams = field(default_factory=SplitParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -106,7 +106,7 @@ class Params:
     vae: VaeParams = field(default_factory=VaeParams)
 
 
-_POSITIVE_INTS = ("epochs", "batch_size", "data.image_size", "data.samples_per_class",
+_POSITIVE_INTS = ("epochs", "data.image_size", "data.samples_per_class",
                   "evaluate.batch_size", "vae.latent_dim", "vae.width", "vae.image_size",
                   "vae.epochs", "vae.batch_size", "train.devices", "train.num_nodes")
 _POSITIVE_FLOATS = ("lr", "vae.lr")
@@ -133,6 +133,8 @@ def validate(params: Params) -> Params:
     for key in _NON_NEGATIVE:
         if _get(params, key) < 0:
             raise ConfigError(f"params: '{key}' must be >= 0, got {_get(params, key)!r}")
+    if params.batch_size is not None and params.batch_size <= 0:
+        raise ConfigError(f"params: 'batch_size' must be null (auto) or > 0, got {params.batch_size!r}")
     if params.data.image_size < 16:
         raise ConfigError(f"params: 'data.image_size' must be >= 16, got {params.data.image_size}")
     if params.vae.image_size % 8 or params.vae.image_size < 16:

@@ -39,7 +39,8 @@ def main() -> None:
                            [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
                            name="train", image_size=size,
-                           choices={"augment": describe(preset, augmentation)})
+                           choices={"augment": describe(preset, augmentation), "batch_size":
+                                    f"{data.batch_size} ({'set' if params.batch_size else 'auto'})"})
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

@@ -64,6 +64,9 @@ def test_missing_keys_take_the_schema_defaults(tmp_path):
     ({"model.backbone_lr_scale": 0.0}, "model.backbone_lr_scale"),
     ({"model.backbone_lr_scale": 2.0}, "model.backbone_lr_scale"),
     ({"model.freeze_epochs": -1}, "model.freeze_epochs"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"train.augment": "heavy"}, "train.augment"),
+    ({"train.mix": 1.5}, "train.mix"),
 ])
 def test_bad_params_raise_config_error_naming_the_key(tmp_path, overrides, key):
     path = write_params(tmp_path, overrides)

@@ -52,3 +52,11 @@ def test_batch_mix_turns_labels_into_class_probabilities_or_leaves_the_batch_alo
     assert (labels.max(dim=1).values < 1).any()  # some label mass moved to another image's class
     images, labels = BatchMix(num_classes=5, p=0.0)(samples)
     assert labels.tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("train_images", "batch"), [(6120, 128), (2560, 128), (2559, 64), (720, 32),
+                                                     (1020, 32), (100, 16), (0, 16)])
+def test_auto_batch_size_gives_small_photo_sets_enough_steps(train_images: int, batch: int) -> None:
+    from flowerlab.data.datamodule import auto_batch_size
+
+    assert auto_batch_size(train_images) == batch

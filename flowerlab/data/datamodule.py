@@ -24,10 +24,21 @@ class StoredImages(Dataset):
         return self.transform(self.images[index]), self.labels[index]
 
 
+def auto_batch_size(train_images: int, min_steps: int = 20, smallest: int = 16, largest: int = 128) -> int:
+    """The largest power of two from ``smallest`` to ``largest`` that gives an epoch of
+    ``train_images`` at least ``min_steps`` steps: small photo sets need the steps (960 photos:
+    0.819 test accuracy at batch 128, 0.868 at 32, see the README)."""
+    batch = largest
+    while batch > smallest and train_images // batch < min_steps:
+        batch //= 2
+    return batch
+
+
 class FlowerData(L.LightningDataModule):
-    def __init__(self, prepared_dir: str, split_file: str, batch_size: int, num_workers: int = 0,
+    def __init__(self, prepared_dir: str, split_file: str, batch_size: int | None, num_workers: int = 0,
                  train_transform=None, val_transform=None, mix: float = 0.0):
-        """``mix``: probability of CutMix or MixUp on a training batch (:class:`BatchMix`)."""
+        """``batch_size`` None: :func:`auto_batch_size` of the training split; ``mix``: probability
+        of CutMix or MixUp on a training batch (:class:`BatchMix`)."""
         super().__init__()
         self.prepared_dir, self.split_file, self.mix = prepared_dir, split_file, mix
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -42,6 +53,8 @@ class FlowerData(L.LightningDataModule):
             self.datasets = {"train": StoredImages(self.data, split["train"], self.augment),
                              "val": StoredImages(self.data, split["val"], self.plain),
                              "test": StoredImages(self.data, split["test"], self.plain)}
+            if self.batch_size is None:
+                self.batch_size = auto_batch_size(len(split["train"]))
 
     def _loader(self, name: str, shuffle: bool, collate_fn=None) -> DataLoader:
         if len(self.datasets[name]) == 0:
