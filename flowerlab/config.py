@@ -71,6 +71,7 @@ class TrainParams:
     num_nodes: int = 1
     strategy: str = "auto"
     profiler: str | None = None  # simple | advanced | pytorch: Lightning's profilers
+    resume: bool = False  # train: continue from the last full checkpoint where there is one
 
 
 @dataclass

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import random
+import shutil
+from pathlib import Path
+
 import lightning as L
+import numpy as np
+import torch
 from dvclive.lightning import DVCLiveLogger
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
 from flowerlab import paths
@@ -12,6 +20,59 @@ from flowerlab.config import TrainParams
 from flowerlab.hardware import choose_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
+LAST = "last.ckpt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place: a run
+    killed mid-write leaves the previous checkpoint whole, never a partial one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        partial = path.with_name(f".{path.name}.partial")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        os.replace(partial, path)
+
+
+class RngState(Callback):
+    """Puts the Python, NumPy and torch random states in each checkpoint and restores them on
+    resume, so the resumed epochs draw the same shuffles and augmentations."""
+
+    # Plain tensors, ints and tuples only: checkpoints load with torch.load(weights_only=True).
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        return {"python": random.getstate(), "torch": torch.get_rng_state(),
+                "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        random.setstate(state_dict["python"])
+        torch.set_rng_state(state_dict["torch"])
+        kind, keys, position, has_gauss, gauss = state_dict["numpy"]
+        np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+
+
+def checkpoints(dirpath: str, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """``best.ckpt`` (weights of the best ``monitor`` epoch, for export) and ``last.ckpt`` (the
+    full state after every epoch: weights, optimizer, schedule, epoch, callbacks, RNG; for
+    ``train.resume``)."""
+    best = ModelCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                           enable_version_counter=False, save_weights_only=True)
+    last = ModelCheckpoint(dirpath=dirpath, filename=Path(LAST).stem, save_top_k=1,
+                           enable_version_counter=False)
+    return best, last
+
+
+def resume_from(dirpath: str, resume: bool) -> str | None:
+    """The full checkpoint to continue from when ``resume`` and one exists; else ``None``, and
+    an empty ``dirpath`` (DVC keeps it between runs: ``persist: true``)."""
+    last = Path(dirpath) / LAST
+    if resume and last.is_file():
+        print(f"resuming from {last}")
+        return str(last)
+    if resume:
+        print(f"train.resume: no {last} yet, starting from the beginning")
+    shutil.rmtree(dirpath, ignore_errors=True)
+    return None
 
 
 class RecordChoices(Callback):
@@ -49,6 +110,7 @@ def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: l
         max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=precision,
         deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
+        plugins=[AtomicCheckpointIO()],
         logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),
-        callbacks=[*callbacks, RecordChoices(choices), LearningRateMonitor("epoch"),
+        callbacks=[*callbacks, RecordChoices(choices), RngState(), LearningRateMonitor("epoch"),
                    TQDMProgressBar(refresh_rate=10)])

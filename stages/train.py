@@ -2,7 +2,7 @@
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping
 
 from flowerlab import paths
 from flowerlab.classifier.module import FlowerClassifier, FreezeBackbone
@@ -12,7 +12,7 @@ from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import choose_augmentation, describe, train_transform
 from flowerlab.export import ClassifierMeta, export_program
-from flowerlab.trainer import make_trainer
+from flowerlab.trainer import checkpoints, make_trainer, resume_from
 
 
 def main() -> None:
@@ -32,16 +32,15 @@ def main() -> None:
     model = FlowerClassifier(net, num_classes, params.lr, train.weight_decay, train.label_smoothing,
                              train.warmup_epochs, train.channels_last,
                              params.model.backbone_lr_scale if pretrained else 1.0)
-    checkpoint = ModelCheckpoint(dirpath=paths.CLASSIFIER_CHECKPOINTS, filename="best",
-                                 monitor="val/acc", mode="max", save_top_k=1,
-                                 save_weights_only=True)
+    checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
+    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
-                           [checkpoint, EarlyStopping("val/acc", mode="max", patience=train.patience),
+                           [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
                            name="train", image_size=size,
                            choices={"augment": describe(preset, augmentation), "batch_size":
                                     f"{data.batch_size} ({'set' if params.batch_size else 'auto'})"})
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:
         best = FlowerClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",

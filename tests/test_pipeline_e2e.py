@@ -251,3 +251,42 @@ def test_queued_sweep_runs_every_experiment_and_reports_the_failed_one(history: 
     assert set(finished) == {0.001, 0.003}, json.dumps(shown)[:3000]
     assert all(0 <= accuracy <= 1 for accuracy in finished.values()), finished
     assert failed == [-1]
+
+
+def test_kill_9_during_train_then_repro_completes_and_resume_continues(history: Path, tmp_path: Path) -> None:
+    """``kill -9`` of ``dvc repro`` mid-train records nothing partial in dvc.lock; the next
+    ``dvc repro`` completes, and with ``train.resume`` it continues from the last checkpoint."""
+    import signal
+
+    repo = tmp_path / "repo"
+    shutil.copytree(history, repo, symlinks=True)
+    set_params(repo / "params.yaml", {"epochs": 40})
+    last = repo / "models/checkpoints/classifier/last.ckpt"
+
+    def start_and_kill_after_a_checkpoint() -> None:
+        last.unlink(missing_ok=True)
+        lock_before = (repo / "dvc.lock").read_text()
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+               "DVC_NO_ANALYTICS": "1"}
+        repro = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while not last.is_file() and repro.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert repro.poll() is None, "train finished before it could be killed"
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait()
+        assert (repo / "dvc.lock").read_text() == lock_before  # nothing of the killed run recorded
+
+    start_and_kill_after_a_checkpoint()
+    run(["dvc", "repro"], repo)  # DVC clears its stale lock; train starts over
+    assert run(["dvc", "status", "--json"], repo).stdout.strip() == "{}"
+    for path, digest in locked_outs(repo).items():
+        assert md5(repo / path) == digest, path  # every recorded output is the file on disk
+
+    set_params(repo / "params.yaml", {"epochs": 60, "train.resume": True})
+    start_and_kill_after_a_checkpoint()
+    resumed = run(["dvc", "repro", "train"], repo)
+    assert "resuming from models/checkpoints/classifier/last.ckpt" in resumed.stdout + resumed.stderr
+    epochs = (repo / "metrics/train/plots/metrics/epoch.tsv").read_text().split()
+    assert len(epochs) > 1

@@ -161,3 +161,68 @@ def test_auto_precision_is_resolved_and_recorded(tmp_path, monkeypatch) -> None:
     run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), tiny_loader(), tiny_loader())
     logged = yaml.safe_load((tmp_path / "live" / "params.yaml").read_text())
     assert logged["precision"] == expected and logged["precision_reason"] == reason
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resuming_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
+    from flowerlab.config import TrainParams
+    from flowerlab.trainer import LAST, checkpoints, make_trainer, resume_from
+
+    monkeypatch.chdir(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(24, 3, 32, 32, generator=generator), torch.arange(24) % 4
+
+    class Flip(TensorDataset):  # a random augmentation from the global RNG, as the stage's
+        def __getitem__(self, index):
+            image, label = super().__getitem__(index)
+            return (image.flip(-1) if torch.rand(()) < 0.5 else image), label
+
+    class CrashAtEpoch(L.Callback):
+        def __init__(self, epoch: int | None):
+            self.epoch = epoch
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == self.epoch:
+                raise Crash
+
+    def fit(folder: str, resume: bool, crash_at: int | None = None) -> FlowerClassifier:
+        L.seed_everything(0)
+        model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-3)
+        best, last = checkpoints(folder, "val/acc", "max")
+        start = resume_from(folder, resume)
+        run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), 3, f"live-{folder}",
+                           [best, last, CrashAtEpoch(crash_at)], name="train")
+        run.fit(model, DataLoader(Flip(images, labels), batch_size=8, shuffle=True),
+                DataLoader(TensorDataset(images, labels), batch_size=8), ckpt_path=start)
+        return model
+
+    straight = fit("straight", resume=False)
+    with pytest.raises(Crash):
+        fit("crashed", resume=False, crash_at=2)
+    assert (tmp_path / "crashed" / LAST).is_file() and not list((tmp_path / "crashed").glob(".*partial"))
+    resumed = fit("crashed", resume=True)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_whole(tmp_path, monkeypatch) -> None:
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from flowerlab.trainer import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+
+    def dies_midway(self, checkpoint, target, storage_options=None) -> None:
+        with open(target, "wb") as partial:
+            partial.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError("killed")
+
+    monkeypatch.setattr(TorchCheckpointIO, "save_checkpoint", dies_midway)
+    with pytest.raises(OSError, match="killed"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
