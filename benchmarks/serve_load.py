@@ -10,6 +10,10 @@ Each server is a real process on a free local port, serving the same exported cl
 - ``service``: ``uvicorn serve.app:app`` (repo root as cwd), default ``FLOWERLAB_*`` settings;
 - ``litserve``: benchmarks/litserve_server.py, LitServe batching (16 at most, 5 ms wait, one worker).
 
+naive and service run with uvicorn's asyncio loop and h11 parser, as the Docker image does (its
+requirements have plain uvicorn), unless ``--uvicorn-auto``; LitServe runs on what its own install
+brings (uvloop, httptools). No server writes an access log.
+
 The model is the one dvc.lock records under ``--root`` (default: this checkout, after ``dvc repro``),
 or with ``--image-size N`` an untrained 102-class ResNet18 at N px (and a tiny VAE: the service
 loads one) exported into a temporary root with its dvc.lock, by tests/builders.py.
@@ -108,9 +112,13 @@ class ServerSpec:
     ready_path: str
 
 
-def server_spec(name: str, root: Path, port: int) -> ServerSpec:
+def server_spec(name: str, root: Path, port: int, uvicorn_auto: bool = False) -> ServerSpec:
     # No access log: a line per request costs the server CPU, and LitServe logs none at "warning".
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
+    if not uvicorn_auto:
+        # As deployed (requirements.txt has plain uvicorn): litserve's install brings uvloop and
+        # httptools, which uvicorn would otherwise pick up for these two servers too.
+        uvicorn += ["--loop", "asyncio", "--http", "h11"]
     if name == "naive":
         return ServerSpec(name, port, [*uvicorn, "benchmarks.naive_server:app"], "/ready")
     if name == "service":
@@ -290,6 +298,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--image-size", type=int, default=None,
                         help="serve an untrained ResNet18 at this size instead of --root's models")
     parser.add_argument("--forward-calls", type=int, default=20, help="bare forward: median of this many")
+    parser.add_argument("--uvicorn-auto", action="store_true",
+                        help="let uvicorn pick its loop and HTTP parser for naive and service (uvloop and "
+                             "httptools where installed) instead of the deployed asyncio and h11")
     parser.add_argument("--logs", type=Path, default=None, help="keep server logs here (default: temporary)")
     return parser.parse_args(argv)
 
@@ -333,7 +344,7 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
 
         results = []
         for name in servers:
-            spec = server_spec(name, root, free_port())
+            spec = server_spec(name, root, free_port(), args.uvicorn_auto)
             with running(spec, root, logs / f"{name}.log") as url:
                 if name == "naive":
                     naive_threads = httpx.get(url + "/ready", timeout=5).json()["torch_threads"]
