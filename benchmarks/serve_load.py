@@ -20,7 +20,8 @@ loads one) exported into a temporary root with its dvc.lock, by tests/builders.p
 
 For each server and concurrency, after a warm-up, exactly ``concurrency`` async clients post the same
 500x375 JPEG back to back for ``--seconds``; none starts after that, and the ones in flight are
-waited for. Throughput is 200 answers per second of that span; p50 and p99 are over the 200 answers;
+waited for. Throughput is the 200 answers that arrive within those seconds, per second (so the
+drain at the end, at falling concurrency, does not count); p50 and p99 are over all 200 answers;
 any other status, and any transport error (refused or dropped connection, timeout), is an error.
 The client runs on the same machine, so it takes CPU from the server: compare rows of one run.
 
@@ -163,13 +164,14 @@ def running(spec: ServerSpec, root: Path, log: Path) -> Iterator[str]:
 class LoadResult:
     server: str
     concurrency: int
-    seconds: float = 0.0
-    latencies: list[float] = field(default_factory=list)  # of the 200 answers
+    seconds: float = 0.0  # the load window
+    in_window: int = 0  # 200 answers that arrived within it
+    latencies: list[float] = field(default_factory=list)  # of all the 200 answers
     errors: Counter = field(default_factory=Counter)  # status code, or transport error name
 
     @property
     def throughput(self) -> float:
-        return len(self.latencies) / self.seconds if self.seconds else 0.0
+        return self.in_window / self.seconds if self.seconds else 0.0
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -180,24 +182,25 @@ async def drive(url: str, jpeg: bytes, concurrency: int, seconds: float, result:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     files = {"file": ("photo.jpg", jpeg, "image/jpeg")}
     async with httpx.AsyncClient(limits=limits, timeout=REQUEST_TIMEOUT_S) as client:
-        start = time.perf_counter()
-        stop_at = start + seconds
+        stop_at = time.perf_counter() + seconds
 
         async def client_loop() -> None:
             while time.perf_counter() < stop_at:
                 sent = time.perf_counter()
                 try:
                     response = await client.post(f"{url}/predict", files=files)
-                except httpx.TransportError as error:
+                except httpx.TransportError as error:  # refused, dropped, timed out
                     result.errors[type(error).__name__] += 1
                     continue
                 if response.status_code == 200:
-                    result.latencies.append(time.perf_counter() - sent)
+                    answered = time.perf_counter()
+                    result.latencies.append(answered - sent)
+                    result.in_window += answered <= stop_at
                 else:
                     result.errors[str(response.status_code)] += 1
 
-        await asyncio.gather(*(client_loop() for _ in range(concurrency)))
-        result.seconds = time.perf_counter() - start
+        await asyncio.gather(*(client_loop() for _ in range(concurrency)))  # in-flight ones finish
+        result.seconds = seconds
 
 
 def measure(server: str, url: str, jpeg: bytes, concurrency: int, seconds: float) -> LoadResult:
