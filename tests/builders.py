@@ -56,9 +56,9 @@ def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str |
     (root / paths.DVC_LOCK).write_text(yaml.safe_dump(lock, sort_keys=False))
 
 
-def classifier_meta() -> ClassifierMeta:
+def classifier_meta(image_size: int = IMAGE_SIZE, classes: tuple[str, ...] = CLASSES) -> ClassifierMeta:
     """Metadata as the train stage writes it."""
-    return ClassifierMeta(architecture="resnet18", classes=list(CLASSES), image_size=IMAGE_SIZE,
+    return ClassifierMeta(architecture="resnet18", classes=list(classes), image_size=image_size,
                           source="synthetic", best_val_acc=0.75,
                           normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})
 
@@ -73,13 +73,14 @@ def vae_meta(kind: str) -> VaeMeta:
     return VaeMeta(**common, input=f"float32 latents, shape (N, {latent})", output=image_input(size))
 
 
-def write_served_root(root: Path, seed: int = 0) -> Path:
-    """Export an untrained 3-class classifier at 32x32 and an untrained VAE at 16x16, write their
-    metrics and dvc.lock."""
+def write_served_root(root: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
+                      classes: tuple[str, ...] = CLASSES) -> Path:
+    """Export an untrained classifier (3 classes at 32x32 unless told) and an untrained VAE at 16x16,
+    write their metrics and dvc.lock. benchmarks/serve_load.py uses it too (``--image-size``)."""
     torch.manual_seed(seed)
-    module = ExportedClassifier(ImageClassifier(len(CLASSES)))
-    export_program(module, torch.rand(2, 3, IMAGE_SIZE, IMAGE_SIZE), root / paths.CLASSIFIER,
-                   classifier_meta())
+    module = ExportedClassifier(ImageClassifier(len(classes)))
+    export_program(module, torch.rand(2, 3, image_size, image_size), root / paths.CLASSIFIER,
+                   classifier_meta(image_size, classes))
     vae = ConvVAE(VAE_LATENT_DIM, VAE_WIDTH, VAE_IMAGE_SIZE)
     size = VAE_IMAGE_SIZE
     export_program(VaeEncoder(vae), torch.rand(2, 3, size, size), root / paths.VAE_ENCODER,

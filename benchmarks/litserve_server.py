@@ -1,0 +1,68 @@
+"""The same exported classifier behind LitServe's own batching, for benchmarks/serve_load.py.
+
+    python -m benchmarks.litserve_server --root ROOT --port PORT
+
+Needs ``pip install -r requirements-bench.txt`` (litserve). One inference worker on the CPU, batches
+of up to 16 waiting at most 5 ms, and the service's decoder, model call and top-k response; torch
+uses as many threads as the service does (``serve.batching.cpu_threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import litserve as ls
+import torch
+
+from serve.batching import cpu_threads
+from serve.predictor import ClassifierPredictor
+from serve.registry import CLASSIFIER, load_artifacts
+from serve.settings import ServeSettings
+
+MAX_BATCH = 16
+BATCH_TIMEOUT_S = 0.005
+TOP_K = 5
+
+
+class ClassifierAPI(ls.LitAPI):
+    def __init__(self, root: Path) -> None:
+        super().__init__(max_batch_size=MAX_BATCH, batch_timeout=BATCH_TIMEOUT_S)
+        self.root = root
+
+    def setup(self, device: str) -> None:
+        torch.set_num_threads(cpu_threads())
+        loaded = load_artifacts(self.root, (CLASSIFIER,))[CLASSIFIER.name]  # verified against dvc.lock
+        self.predictor = ClassifierPredictor(loaded, ServeSettings().max_pixels)
+        print(f"litserve worker: {torch.get_num_threads()} torch threads", flush=True)
+
+    def decode_request(self, request) -> torch.Tensor:
+        # A multipart form: the field "file" is a starlette UploadFile.
+        return self.predictor.decode_request(request["file"].file.read())
+
+    def batch(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(inputs)
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return self.predictor.predict(images)
+
+    def unbatch(self, output: torch.Tensor) -> list[torch.Tensor]:
+        return list(output)
+
+    def encode_response(self, probabilities: torch.Tensor) -> dict:
+        k = min(TOP_K, self.predictor.num_classes)
+        return self.predictor.encode_response(probabilities, k).model_dump()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, required=True, help="holds dvc.lock and models/")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args()
+    server = ls.LitServer(ClassifierAPI(args.root.resolve()), accelerator="cpu", devices=1,
+                          workers_per_device=1)
+    server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
