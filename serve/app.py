@@ -208,7 +208,10 @@ async def handle_deadline(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": str(error)}, status_code=504)
 
 
-ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame)")]
+# minLength: an empty file is refused (422), so the schema does not offer it as valid. The bytes are
+# sniffed, whatever the part's declared Content-Type says.
+ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame), not empty",
+                                         json_schema_extra={"minLength": 1})]
 
 def create_app() -> FastAPI:
     """The FastAPI application; models load when its lifespan starts."""
@@ -233,7 +236,8 @@ def create_app() -> FastAPI:
         """Readiness: the models are loaded; describes them and their evaluation metrics."""
         return current_service(request).ready
 
-    @app.post("/predict", response_model=PredictResponse, responses=error_responses(413, 415, 422, 503, 504))
+    @app.post("/predict", response_model=PredictResponse,
+              responses=error_responses(400, 413, 415, 422, 503, 504))
     async def predict(
         request: Request,
         file: ImageUpload,
@@ -260,7 +264,7 @@ def create_app() -> FastAPI:
 
     @app.post("/reconstruct", response_class=Response,
               responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
-                         **error_responses(413, 415, 422, 503, 504)})
+                         **error_responses(400, 413, 415, 422, 503, 504)})
     async def reconstruct(request: Request, file: ImageUpload) -> Response:
         """The VAE's reconstruction of one image: decoder(encoder mean), as a PNG at the VAE's size.
 

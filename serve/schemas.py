@@ -102,6 +102,7 @@ class GenerateResponse(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
+    400: "the body is not valid multipart/form-data",
     413: "upload over FLOWERLAB_MAX_UPLOAD_BYTES, or image over FLOWERLAB_MAX_PIXELS (decompression bomb)",
     415: "not an image in a supported format",
     422: "bad k, empty file, truncated or corrupt image, an aspect ratio too extreme to resize within "
