@@ -1,5 +1,5 @@
 """HTTP API: /predict, /reconstruct, /generate, /health, /ready, /metrics and the web page at /.
-Run with ``uvicorn serve.app:app``.
+Run with ``python -m serve`` (or ``uvicorn serve.app:app``).
 
 Startup loads only the model files that dvc.lock records, and refuses to start otherwise.
 Uploads decode in a thread pool as wide as the CPU quota; every model call goes through one
@@ -152,7 +152,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.service = None
-        service.worker.stop()
+        # Finishes the queued jobs; in a thread, so this loop delivers their results meanwhile.
+        await anyio.to_thread.run_sync(service.worker.stop)
 
 
 def upload_limit(scope: Scope) -> int | None:
