@@ -68,5 +68,3 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(served_root: Path, tmp_
     assert "Traceback" not in output, output
     assert elapsed < BATCH_WAIT_S + 30, elapsed
     print(f"late connection: {late}; exited {returncode} {elapsed:.1f} s after SIGTERM")
-
-
