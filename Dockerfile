@@ -1,4 +1,4 @@
-# One image that trains (`dvc repro`) and serves (`uvicorn serve.app:app`). From the repo root:
+# One image that trains (`dvc repro`) and serves (`python -m serve`). From the repo root:
 #   docker build -t flowerlab .
 #   docker run --rm -p 8000:8000 -v "$PWD/models:/app/models" -v "$PWD/metrics:/app/metrics" \
 #     -v "$PWD/dvc.lock:/app/dvc.lock" flowerlab                     # serve on $PORT (default 8000)
@@ -52,4 +52,5 @@ USER app
 EXPOSE 8000
 HEALTHCHECK CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'))"
 # Cloud Run sets $PORT.
-CMD ["sh", "-c", "exec uvicorn serve.app:app --host 0.0.0.0 --port ${PORT:-8000}"]
+# python -m serve: uvicorn with a graceful shutdown on SIGTERM (in-flight requests finish, exit 0).
+CMD ["sh", "-c", "exec python -m serve --host 0.0.0.0 --port ${PORT:-8000}"]

@@ -1,1 +1,1 @@
-"""FastAPI service that serves the models dvc.lock records (run: ``uvicorn serve.app:app``)."""
+"""FastAPI service that serves the models dvc.lock records (run: ``python -m serve``)."""

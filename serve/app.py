@@ -1,5 +1,5 @@
 """HTTP API: /predict, /reconstruct, /generate, /health, /ready, /metrics and the web page at /.
-Run with ``uvicorn serve.app:app``.
+Run with ``python -m serve`` (or ``uvicorn serve.app:app``).
 
 Startup loads only the model files that dvc.lock records, and refuses to start otherwise.
 Uploads decode in a thread pool as wide as the CPU quota; every model call goes through one
@@ -152,7 +152,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.service = None
-        service.worker.stop()
+        # Finishes the queued jobs; in a thread, so this loop delivers their results meanwhile.
+        await anyio.to_thread.run_sync(service.worker.stop)
 
 
 def upload_limit(scope: Scope) -> int | None:
@@ -208,7 +209,10 @@ async def handle_deadline(request: Request, error: Exception) -> Response:
     return JSONResponse({"detail": str(error)}, status_code=504)
 
 
-ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame)")]
+# minLength: an empty file is refused (422), so the schema does not offer it as valid. The bytes are
+# sniffed, whatever the part's declared Content-Type says.
+ImageUpload = Annotated[UploadFile, File(description="JPEG, PNG, WebP, BMP or GIF (first frame), not empty",
+                                         json_schema_extra={"minLength": 1})]
 
 def create_app() -> FastAPI:
     """The FastAPI application; models load when its lifespan starts."""
@@ -233,7 +237,8 @@ def create_app() -> FastAPI:
         """Readiness: the models are loaded; describes them and their evaluation metrics."""
         return current_service(request).ready
 
-    @app.post("/predict", response_model=PredictResponse, responses=error_responses(413, 415, 422, 503, 504))
+    @app.post("/predict", response_model=PredictResponse,
+              responses=error_responses(400, 413, 415, 422, 503, 504))
     async def predict(
         request: Request,
         file: ImageUpload,
@@ -260,7 +265,7 @@ def create_app() -> FastAPI:
 
     @app.post("/reconstruct", response_class=Response,
               responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
-                         **error_responses(413, 415, 422, 503, 504)})
+                         **error_responses(400, 413, 415, 422, 503, 504)})
     async def reconstruct(request: Request, file: ImageUpload) -> Response:
         """The VAE's reconstruction of one image: decoder(encoder mean), as a PNG at the VAE's size.
 

@@ -92,14 +92,13 @@ class InferenceWorker:
         self._thread.start()
 
     def stop(self) -> None:
-        """Finish the batch in progress, fail the queued jobs, and end the thread."""
+        """Refuse new jobs, finish every queued one (each as usual: computed, or expired past its
+        deadline), and end the thread. Blocks until then: call it off the event loop that waits."""
         with self._changed:
             self._stopping = True
-            left, self._queue = list(self._queue), deque()
             self._changed.notify()
-        for job in left:
-            settle(job, error=WorkerStopped("the service is shutting down"))
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
 
     def queued(self) -> int:
         with self._changed:
@@ -155,7 +154,7 @@ class InferenceWorker:
         with self._changed:
             while not self._queue and not self._stopping:
                 self._changed.wait()
-            if self._stopping:
+            if not self._queue:  # stopping, and nothing left to finish
                 return None
             batch = [self._queue.popleft()]
             items = batch[0].size

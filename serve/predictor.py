@@ -38,6 +38,9 @@ ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
 MAX_SAMPLES = 256  # per /generate request: 256 decoder outputs stay well under a second on CPU
 # Seeds stay exact in JavaScript numbers (the web page shows and reuses them).
 MAX_SEED = 2**53 - 1
+# The first bytes of each accepted format: a file that starts so but does not parse is corrupt (422),
+# not of another format (415).
+SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 
 
 def sniff_format(data: bytes) -> str:
@@ -49,6 +52,9 @@ def sniff_format(data: bytes) -> str:
             with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
                 return str(image.format)
     except UnidentifiedImageError:
+        if data.startswith(SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP"):
+            raise InputRejected(422, "corrupt", "corrupt image: the file starts as a supported format "
+                                                "but does not parse as one") from None
         raise InputRejected(415, "unsupported_format",
                             "not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)") from None
     except Image.DecompressionBombError as error:
@@ -61,14 +67,29 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> uint8 tensor (3, size, size), exactly as prepare stored the evaluated images."""
     sniff_format(data)
     try:
-        return square_resize(decode_image(data, max_pixels), size)
+        image = decode_image(data, max_pixels)
+        resized = resized_pixels(image.size, size)
+        if resized > max_pixels:  # a 1000000x1 line is small, but resized it would take gigabytes
+            width, height = image.size
+            raise InputRejected(422, "extreme_aspect", f"aspect ratio too extreme: {width}x{height} resized "
+                                f"to {size} pixels on its shorter side would be {resized} pixels, more "
+                                f"than the limit of {max_pixels}")
+        return square_resize(image, size)
     except ImageTooLargeError as error:
         raise InputRejected(413, "too_many_pixels", str(error)) from None
     except ImageDecodeError as error:
         raise InputRejected(422, "corrupt", str(error)) from None
+    except InputRejected:
+        raise
     except Exception as error:  # a damaged file must be a 4xx, not a 500; the log shows what slipped by
         logger.warning("decode failed with %s: %s", type(error).__name__, error)
         raise InputRejected(422, "corrupt", f"cannot decode image: {error}") from None
+
+
+def resized_pixels(image_size: tuple[int, int], size: int) -> int:
+    """Pixels of the intermediate image square_resize makes: the shorter side scaled to ``size``."""
+    short, long = sorted(image_size)
+    return size * (size * long // max(short, 1))
 
 
 class ClassifierPredictor:

@@ -102,9 +102,11 @@ class GenerateResponse(BaseModel):
 
 
 ERROR_DESCRIPTIONS = {
+    400: "the body is not valid multipart/form-data",
     413: "upload over FLOWERLAB_MAX_UPLOAD_BYTES, or image over FLOWERLAB_MAX_PIXELS (decompression bomb)",
     415: "not an image in a supported format",
-    422: "bad k, empty file, truncated or corrupt image (detail is a string), "
+    422: "bad k, empty file, truncated or corrupt image, an aspect ratio too extreme to resize within "
+         "FLOWERLAB_MAX_PIXELS (detail is a string), "
          "or a malformed request such as a missing field or an out-of-range query parameter "
          "(detail is FastAPI's list of errors)",
     503: "model not loaded yet, or FLOWERLAB_MAX_QUEUE requests already wait for the inference worker "

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``FLOWERLAB_MAX_QUEUE`` and
-    ``FLOWERLAB_REQUEST_TIMEOUT_S``."""
+    ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWERLAB_", extra="ignore")
 
@@ -29,3 +29,5 @@ class ServeSettings(BaseSettings):
     max_queue: PositiveInt = 64
     # From the upload read to the answer; past it the request answers 504 and is never computed.
     request_timeout_s: PositiveFloat = 30.0
+    # python -m serve: after SIGTERM, how long requests in flight may take before they are cancelled.
+    shutdown_timeout_s: PositiveFloat = 30.0

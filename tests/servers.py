@@ -25,10 +25,11 @@ def free_port() -> int:
 
 
 def start_uvicorn(root: Path, port: int, log: Path, cwd: Path = REPO) -> subprocess.Popen:
-    """``uvicorn serve.app:app`` run from ``cwd`` (the code), serving ``root`` (dvc.lock, models)."""
+    """``python -m serve`` (uvicorn, as the Dockerfile runs it) run from ``cwd`` (the code), serving
+    ``root`` (dvc.lock, models)."""
     env = {**os.environ, "FLOWERLAB_ROOT": str(root)}
     with open(log, "wb") as output:  # a file, not a pipe: a full pipe would block the server
-        return subprocess.Popen([sys.executable, "-m", "uvicorn", "serve.app:app", "--host", "127.0.0.1",
+        return subprocess.Popen([sys.executable, "-m", "serve", "--host", "127.0.0.1",
                                  "--port", str(port)], cwd=cwd, env=env, stdout=output,
                                 stderr=subprocess.STDOUT)
 

@@ -222,13 +222,13 @@ def test_a_job_that_expires_inside_a_forming_batch_is_not_computed() -> None:
     asyncio.run(scenario())
 
 
-def test_stopping_fails_what_is_queued() -> None:
+def test_stopping_finishes_what_is_queued_and_refuses_new_jobs() -> None:
     entered, opened = threading.Event(), threading.Event()
 
     def gated(batch: torch.Tensor) -> torch.Tensor:
         entered.set()
         assert opened.wait(WAIT_S)
-        return batch
+        return batch * 2
 
     async def scenario() -> None:
         worker = InferenceWorker(max_batch=1, wait_s=0, max_queue=4)
@@ -236,17 +236,19 @@ def test_stopping_fails_what_is_queued() -> None:
         until = time.monotonic() + WAIT_S
         first = asyncio.ensure_future(worker.infer("k", gated, torch.ones(1), until))
         assert await asyncio.to_thread(entered.wait, WAIT_S)
-        queued = asyncio.ensure_future(worker.infer("k", gated, torch.ones(1), until))
-        await asyncio.sleep(0)
+        queued = [asyncio.ensure_future(worker.infer("k", gated, torch.full((1,), float(i)), until))
+                  for i in (3, 4)]
+        await asyncio.to_thread(wait_until, lambda: worker.queued() == 2)
         stopping = asyncio.ensure_future(asyncio.to_thread(worker.stop))
-        await asyncio.to_thread(wait_until, lambda: worker.queued() == 0)
+        await asyncio.to_thread(wait_until, lambda: worker._stopping)
+        with pytest.raises(WorkerStopped):  # refused once stopping, while the queue drains
+            await worker.infer("k", gated, torch.ones(1), until)
+        assert worker.queued() == 2 and not stopping.done()
         opened.set()
         await stopping
-        assert (await first).tolist() == [1.0]
-        with pytest.raises(WorkerStopped):
-            await queued
-        with pytest.raises(WorkerStopped):
-            await worker.infer("k", gated, torch.ones(1), until)
+        assert (await first).tolist() == [2.0]
+        assert [(await job).tolist() for job in queued] == [[6.0], [8.0]]  # computed, not failed
+        assert not worker._thread.is_alive()
 
     asyncio.run(scenario())
 
