@@ -48,7 +48,8 @@ def main() -> None:
         name = f"{i:04d}_{classes[labels[i]]}_as_{classes[predicted[i]]}.png"
         to_pil_image(images[i]).save(misclassified / name.replace(" ", "_"))
     print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(f"served ({served_meta['artifact']}): " + ", ".join(f"{k}={v:.4f}" for k, v in served_metrics.items()))
+    print(f"served ({served_meta['artifact']}): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in served_metrics.items()))
 
 
 if __name__ == "__main__":

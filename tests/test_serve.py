@@ -204,6 +204,8 @@ def test_health_and_ready(client: TestClient, served_root: Path) -> None:
         "model": {"path": "models/classifier.pt2", "md5": file_md5(served_root / paths.CLASSIFIER),
                   "source": "synthetic", "architecture": "resnet18", "image_size": IMAGE_SIZE,
                   "num_classes": 3, "best_val_acc": 0.75},
+        "served": {"path": paths.CLASSIFIER_SERVED, "md5": file_md5(served_root / paths.CLASSIFIER_SERVED),
+                   "artifact": "int8", "fallback_reason": None},
         "test_metrics": TEST_METRICS,
         "vae": {"encoder": {"path": paths.VAE_ENCODER, "md5": file_md5(served_root / paths.VAE_ENCODER)},
                 "decoder": {"path": paths.VAE_DECODER, "md5": file_md5(served_root / paths.VAE_DECODER)},
