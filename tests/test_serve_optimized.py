@@ -15,8 +15,8 @@ from flowerlab import paths
 from flowerlab.export import load_program
 from flowerlab.files import file_md5
 from serve.app import create_app
-from serve.predictor import WARMUP_RUNS, ClassifierPredictor
-from serve.registry import CLASSIFIER_SERVED, LoadedArtifact, load_optimized
+from serve.predictor import WARMUP_RUNS, ClassifierPredictor, choose_classifier
+from serve.registry import CLASSIFIER_SERVED, LoadedArtifact, load_artifacts, load_optimized
 from tests.builders import (
     CLASSES,
     copy_root,
@@ -109,9 +109,12 @@ def test_a_served_file_that_fails_its_dry_run_falls_back(served_root: Path, tmp_
     rewrite_served_meta(root, classes=["a", "b", "c", "d"])  # the outputs no longer fit its class list
     write_lock(root)
     loaded, reason = load_optimized(root)
-    assert loaded is not None and reason is None
-    with pytest.raises(Exception, match="metadata lists 4 classes"):
-        ClassifierPredictor(loaded, max_pixels=10**6)
+    assert loaded is not None and reason is None  # it loads; only running it shows the problem
+    predictor, reason = choose_classifier(root, load_artifacts(root)["classifier"], 10**6, 4)
+    assert predictor.artifact == "exported" and predictor.loaded.artifact.path == paths.CLASSIFIER
+    assert "metadata lists 4 classes" in reason
+    warnings = warnings_from(caplog)
+    assert len(warnings) == 1 and "metadata lists 4 classes" in warnings[0], warnings
 
 
 def test_refuses_to_start_when_the_served_file_differs_from_dvc_lock(

@@ -121,7 +121,8 @@ def build_candidates(exported: Callable, classifier: ImageClassifier, calibratio
     """fp32 (the exported program; its trace is served if chosen), int8 and, where the CPU computes
     bf16 natively, bf16; plus the candidates left out and why."""
     example = calibration[0][:2]
-    classifier = classifier.float().eval()
+    # Contiguous like the exported program (training leaves the checkpoint's network channels_last).
+    classifier = classifier.float().to(memory_format=torch.contiguous_format).eval()
     candidates = {"fp32": Candidate(exported, [],
                                     lambda: frozen_script(ExportedClassifier(classifier), example))}
     skipped = {}
