@@ -49,15 +49,17 @@ def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str |
                served_md5: str | None = None, optimize: bool = True) -> None:
     """dvc.lock as DVC writes it for train, optimize, evaluate, train_vae and evaluate_vae;
     ``classifier_md5``, ``decoder_md5`` and ``served_md5`` override the real hashes of those models;
-    ``optimize=False`` writes a lock from before the optimize stage."""
+    ``optimize=False``, or no served file under ``root``, writes a lock from before the optimize stage."""
     def entry(path: str, md5: str | None = None) -> dict:
         file = root / path
         return {"path": path, "hash": "md5", "md5": md5 or file_md5(file), "size": file.stat().st_size}
 
     model = entry(paths.CLASSIFIER, classifier_md5)
     encoder, decoder = entry(paths.VAE_ENCODER), entry(paths.VAE_DECODER, decoder_md5)
-    optimized = {"optimize": {"cmd": "python -m stages.optimize", "deps": [dict(model)],
-                              "outs": [entry(paths.CLASSIFIER_SERVED, served_md5)]}} if optimize else {}
+    optimized = {}
+    if optimize and (root / paths.CLASSIFIER_SERVED).is_file():
+        optimized = {"optimize": {"cmd": "python -m stages.optimize", "deps": [dict(model)],
+                                  "outs": [entry(paths.CLASSIFIER_SERVED, served_md5)]}}
     lock = {"schema": "2.0", "stages": {
         "train": {"cmd": "python -m stages.train", "outs": [model]},
         **optimized,
