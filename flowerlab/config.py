@@ -81,6 +81,12 @@ class EvaluateParams:
 
 
 @dataclass
+class OptimizeParams:
+    max_accuracy_drop: float = 0.005  # a faster artifact may lose at most this much val accuracy
+    calibration_images: int = 256  # training images that calibrate the int8 candidate
+
+
+@dataclass
 class VaeParams:
     latent_dim: int = 32
     width: int = 16
@@ -104,12 +110,14 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     train: TrainParams = field(default_factory=TrainParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    optimize: OptimizeParams = field(default_factory=OptimizeParams)
     vae: VaeParams = field(default_factory=VaeParams)
 
 
 _POSITIVE_INTS = ("epochs", "data.image_size", "data.samples_per_class",
                   "evaluate.batch_size", "vae.latent_dim", "vae.width", "vae.image_size",
-                  "vae.epochs", "vae.batch_size", "train.devices", "train.num_nodes")
+                  "vae.epochs", "vae.batch_size", "train.devices", "train.num_nodes",
+                  "optimize.calibration_images")
 _POSITIVE_FLOATS = ("lr", "vae.lr")
 _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.patience",
                  "train.num_workers", "evaluate.misclassified_images", "vae.beta", "model.freeze_epochs",
@@ -155,6 +163,9 @@ def validate(params: Params) -> Params:
         raise ConfigError("params: 'train.mix' must be null or in [0, 1]")
     if not 0 <= params.train.label_smoothing < 1:
         raise ConfigError("params: 'train.label_smoothing' must be in [0, 1)")
+    if not 0 <= params.optimize.max_accuracy_drop < 1:
+        raise ConfigError("params: 'optimize.max_accuracy_drop' must be in [0, 1), "
+                          f"got {params.optimize.max_accuracy_drop!r}")
     split = params.split
     for key in ("val_fraction", "test_fraction"):
         if not 0 < getattr(split, key) < 1:

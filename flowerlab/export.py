@@ -1,5 +1,8 @@
 """The model file format: a ``torch.export`` program with its metadata inside the same file.
 
+The optimize stage's served classifier is a frozen TorchScript file instead (an FX int8 model cannot
+be saved with torch.export), with the same ``meta.json`` in its ``_extra_files``.
+
 A consumer needs only torch and pydantic: no model classes, no Lightning. The metadata travels in
 the file as ``meta.json``; :class:`ClassifierMeta` and :class:`VaeMeta` are its one definition,
 used by the stages that write it, the service that reads it, and the tests.
@@ -8,6 +11,7 @@ used by the stages that write it, the service that reads it, and the tests.
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 from typing import Literal, TypeVar
 
@@ -41,6 +45,14 @@ class ClassifierMeta(ModelMeta):
     normalisation: dict[str, object] = Field(description="mean, std, and built_in: true")
     outputs: list[str] = ["logits", "features"]
     best_val_acc: float | None = None
+
+
+class ServedClassifierMeta(ClassifierMeta):
+    """models/classifier_served.pt: the classifier as the optimize stage picked it, same contract."""
+
+    artifact: Literal["fp32", "int8", "bf16"] = Field(description="numeric format of the weights")
+    requires_cpu_flags: list[str] = Field(description="/proc/cpuinfo flags its kernels need (else "
+                                                      "serve the portable models/classifier.pt2)")
 
 
 class VaeMeta(ModelMeta):
@@ -97,3 +109,33 @@ def load_model(path: Path | str, schema: type[Meta]) -> tuple[torch.nn.Module, M
     """Load an exported program with its metadata validated as ``schema``."""
     module, meta = load_program(path)
     return module, schema.model_validate(meta)
+
+
+def save_scripted(module: torch.jit.ScriptModule, path: Path | str, meta: ModelMeta) -> None:
+    """Save a TorchScript module to ``path`` with ``meta`` embedded as ``meta.json``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = json.dumps(meta.model_dump(mode="json", exclude_none=True), sort_keys=True)
+    torch.jit.save(module, str(path), _extra_files={META_FILE: payload})
+
+
+def read_scripted_meta(path: Path | str) -> dict:
+    """The raw metadata of a TorchScript file, read from its zip archive without loading any code."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    with zipfile.ZipFile(path) as archive:
+        names = [name for name in archive.namelist() if name.endswith(f"/extra/{META_FILE}")]
+        if len(names) != 1:
+            raise ValueError(f"{path} holds no extra/{META_FILE}")
+        return json.loads(archive.read(names[0]))
+
+
+def load_scripted(path: Path | str) -> tuple[torch.jit.ScriptModule, dict]:
+    """Load a TorchScript file saved by :func:`save_scripted`, plus its raw metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    extra = {META_FILE: ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module.eval(), json.loads(extra[META_FILE])

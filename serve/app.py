@@ -37,7 +37,7 @@ from serve.monitoring import (
     RequestMetrics,
     metrics_response,
 )
-from serve.predictor import MAX_SAMPLES, MAX_SEED, ClassifierPredictor, VaePredictor
+from serve.predictor import MAX_SAMPLES, MAX_SEED, ClassifierPredictor, VaePredictor, choose_classifier
 from serve.registry import (
     CLASSIFIER,
     VAE_DECODER,
@@ -64,6 +64,7 @@ from serve.schemas import (
     ModelInfo,
     PredictResponse,
     ReadyResponse,
+    ServedClassifier,
     TestMetrics,
     VaeInfo,
     VaeMetrics,
@@ -108,7 +109,8 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
     ``threads``: CPUs for torch, and for the pool that decodes uploads."""
     loaded = load_artifacts(settings.root)
     classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
-    predictor = ClassifierPredictor(classifier, settings.max_pixels)
+    predictor, fallback_reason = choose_classifier(settings.root, classifier, settings.max_pixels,
+                                                   settings.max_batch)
     vae = VaePredictor(encoder, decoder, settings.max_pixels)
     meta, vae_meta = predictor.meta, vae.meta
     info = ModelInfo(path=CLASSIFIER.path, md5=classifier.md5, source=meta.source,
@@ -123,7 +125,10 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
                                      "test metrics")
     vae_metrics = validated_metrics(
         VaeMetrics, read_vae_metrics(settings.root, encoder.md5, decoder.md5, classifier.md5), "VAE metrics")
-    ready = ReadyResponse(model=info, test_metrics=test_metrics, vae=vae_info, vae_metrics=vae_metrics)
+    served = ServedClassifier(path=predictor.loaded.artifact.path, md5=predictor.loaded.md5,
+                              artifact=predictor.artifact, fallback_reason=fallback_reason)
+    ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
+                          vae_metrics=vae_metrics)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads)
     return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads))
 
@@ -145,8 +150,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.service = service
     logger.info("%d torch threads; batches of up to %d, %.1f ms wait, %d queued at most",
                 threads, settings.max_batch, settings.batch_wait_ms, settings.max_queue)
-    logger.info("serving %s (md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
-                CLASSIFIER.path, service.ready.model.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,
+    served = service.ready.served
+    logger.info("serving %s (%s, md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
+                served.path, served.artifact, served.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,
                 VAE_DECODER.path, service.ready.vae.decoder.md5, settings.root.resolve())
     try:
         yield

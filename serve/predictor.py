@@ -4,7 +4,8 @@ decode_request -> predict -> encode_response.
 ``predict`` takes a batch: the app decodes each upload in a thread pool and the inference worker
 (serve/batching.py) runs ``predict`` on the requests waiting together.
 Preprocessing is flowerlab.imaging's, the same functions prepare applied to every training and
-test image, and the models are the exported programs the evaluate stages ran.
+test image, and the models are the files the evaluate stages ran: the classifier is the optimize
+stage's artifact where this CPU runs it (:func:`choose_classifier`), else the exported program.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import io
 import logging
 import secrets
 import warnings
+from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -27,7 +29,7 @@ from flowerlab.imaging import (
     square_resize,
     to_png,
 )
-from serve.registry import LoadedArtifact, ModelLoadError
+from serve.registry import CLASSIFIER_SERVED, LoadedArtifact, ModelLoadError, load_optimized
 from serve.rejections import InputRejected
 from serve.schemas import GenerateResponse, Prediction, PredictResponse
 
@@ -41,6 +43,7 @@ MAX_SEED = 2**53 - 1
 # The first bytes of each accepted format: a file that starts so but does not parse is corrupt (422),
 # not of another format (415).
 SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+WARMUP_RUNS = 3  # at the largest batch, before /ready: TorchScript optimises its graph on the first calls
 
 
 def sniff_format(data: bytes) -> str:
@@ -95,11 +98,12 @@ def resized_pixels(image_size: tuple[int, int], size: int) -> int:
 class ClassifierPredictor:
     """Classify uploaded image bytes with an exported classifier; built once at startup."""
 
-    def __init__(self, loaded: LoadedArtifact, max_pixels: int) -> None:
+    def __init__(self, loaded: LoadedArtifact, max_pixels: int, warmup_batch: int = 1) -> None:
         try:
             self.meta = ClassifierMeta.model_validate(loaded.meta)
         except ValueError as error:
             raise ModelLoadError(f"{loaded.artifact.path} has unusable metadata: {error}") from None
+        self.loaded = loaded
         self.module = loaded.module
         self.max_pixels = max_pixels
         # One dry run at startup: fail now if outputs do not match the class list, and warm up.
@@ -112,6 +116,17 @@ class ClassifierPredictor:
         if shape != (1, self.num_classes):
             raise ModelLoadError(f"{loaded.artifact.path} outputs shape {shape} for one image, but its "
                                  f"metadata lists {self.num_classes} classes")
+        try:
+            for _ in range(WARMUP_RUNS):
+                self.predict(blank.expand(warmup_batch, -1, -1, -1))
+        except Exception as error:
+            raise ModelLoadError(f"{loaded.artifact.path} fails on a batch of {warmup_batch}: "
+                                 f"{error}") from None
+
+    @property
+    def artifact(self) -> str:
+        """What is served: fp32, int8 or bf16 (the optimize stage's file), or exported (the portable one)."""
+        return str(self.loaded.meta.get("artifact", "exported"))
 
     @property
     def classes(self) -> list[str]:
@@ -141,6 +156,29 @@ class ClassifierPredictor:
         return PredictResponse(predictions=[
             Prediction(label=self.classes[i], class_id=i, probability=p)
             for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)])
+
+
+def choose_classifier(root: Path, portable: LoadedArtifact, max_pixels: int, warmup_batch: int
+                      ) -> tuple[ClassifierPredictor, str | None]:
+    """The optimize stage's classifier where dvc.lock has it and this CPU runs it, else the portable
+    exported program (one warning line says why); and that reason.
+
+    A locked file that is missing or differs from dvc.lock raises :class:`ModelLoadError`."""
+    optimized, reason = load_optimized(root)
+    if optimized is not None:
+        try:
+            predictor = ClassifierPredictor(optimized, max_pixels, warmup_batch)
+            portable_meta = ClassifierMeta.model_validate(portable.meta)
+            for key in ("classes", "image_size"):
+                if getattr(predictor.meta, key) != getattr(portable_meta, key):
+                    raise ModelLoadError(f"{optimized.artifact.path} and {portable.artifact.path} "
+                                         f"disagree on {key}")
+            return predictor, None
+        except (ModelLoadError, ValueError) as error:
+            reason = str(error)
+    if reason is not None:
+        logger.warning("serving %s instead of %s: %s", portable.artifact.path, CLASSIFIER_SERVED.path, reason)
+    return ClassifierPredictor(portable, max_pixels, warmup_batch), reason
 
 
 class VaePredictor:

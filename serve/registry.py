@@ -2,6 +2,10 @@
 
 Adding a model is a new :class:`LockedArtifact` in :data:`SERVED_ARTIFACTS`; the lifespan handler
 then verifies and loads it with the rest, and refuses to start if any of them does not match.
+
+The optimize stage's classifier (:data:`CLASSIFIER_SERVED`) is verified the same way, but it is
+optional: where this CPU lacks a flag it requires or it does not load, :func:`load_optimized` says
+why and the service serves the portable models/classifier.pt2 instead.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ import torch
 import yaml
 
 from flowerlab import paths
-from flowerlab.export import load_program
+from flowerlab.export import ServedClassifierMeta, load_program, load_scripted, read_scripted_meta
 from flowerlab.files import file_md5
+from flowerlab.hardware import cpu_flags
 
 logger = logging.getLogger(__name__)
 
+OPTIMIZE_STAGE = "optimize"
 EVALUATE_STAGE = "evaluate"
 EVALUATE_VAE_STAGE = "evaluate_vae"
 
@@ -43,6 +49,7 @@ CLASSIFIER = LockedArtifact("classifier", "train", paths.CLASSIFIER)
 VAE_ENCODER = LockedArtifact("vae_encoder", "train_vae", paths.VAE_ENCODER)
 VAE_DECODER = LockedArtifact("vae_decoder", "train_vae", paths.VAE_DECODER)
 SERVED_ARTIFACTS: tuple[LockedArtifact, ...] = (CLASSIFIER, VAE_ENCODER, VAE_DECODER)
+CLASSIFIER_SERVED = LockedArtifact("classifier_served", OPTIMIZE_STAGE, paths.CLASSIFIER_SERVED)
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,30 @@ def load_artifacts(root: Path, artifacts: tuple[LockedArtifact, ...] = SERVED_AR
     """Load every artifact, keyed by name; raise :class:`ModelLoadError` at the first problem."""
     lock = read_lock(root / paths.DVC_LOCK)
     return {artifact.name: load_artifact(root, artifact, lock) for artifact in artifacts}
+
+
+def load_optimized(root: Path, flags: set[str] | None = None) -> tuple[LoadedArtifact | None, str | None]:
+    """The optimize stage's classifier, verified against dvc.lock and loaded; or None and why not
+    (None and no reason: dvc.lock predates the optimize stage). ``flags``: this CPU's, by default.
+
+    Missing or differing from dvc.lock raises :class:`ModelLoadError`, as for every locked model.
+    """
+    lock = read_lock(root / paths.DVC_LOCK)
+    if OPTIMIZE_STAGE not in lock["stages"]:
+        logger.info("dvc.lock has no %s stage (an older lock): serving %s", OPTIMIZE_STAGE, CLASSIFIER.path)
+        return None, None
+    artifact = CLASSIFIER_SERVED
+    md5 = verified_md5(root, artifact.path, locked_md5(lock, artifact.path, artifact.stage))
+    try:  # the flags first: loading may already run kernels (int8 weight packing) this CPU lacks
+        meta = ServedClassifierMeta.model_validate(read_scripted_meta(root / artifact.path))
+        flags = cpu_flags() if flags is None else flags
+        if missing := [flag for flag in meta.requires_cpu_flags if flag not in flags]:
+            return None, (f"this CPU lacks {', '.join(missing)}, which the {meta.artifact} "
+                          f"{artifact.path} requires")
+        module, raw = load_scripted(root / artifact.path)
+    except Exception as error:  # torch.jit and zipfile raise many types for an unreadable file
+        return None, f"cannot load {artifact.path}: {error}"
+    return LoadedArtifact(artifact, module, raw, md5), None
 
 
 def read_vouched_metrics(root: Path, metrics_path: str, stage: str, models: dict[str, str]

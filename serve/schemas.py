@@ -69,6 +69,16 @@ class ModelInfo(BaseModel):
     best_val_acc: float | None
 
 
+class ServedClassifier(BaseModel):
+    path: str = Field(description="the classifier file /predict runs, relative to FLOWERLAB_ROOT")
+    md5: str = Field(description="md5 of the file, as dvc.lock records it")
+    artifact: str = Field(description="int8, bf16 or fp32: the optimize stage's TorchScript "
+                                      "(models/classifier_served.pt); exported: the portable "
+                                      "models/classifier.pt2")
+    fallback_reason: str | None = Field(description="why the optimize stage's artifact is not served, "
+                                                    "or null")
+
+
 class ModelFile(BaseModel):
     path: str = Field(description="model file, relative to FLOWERLAB_ROOT")
     md5: str = Field(description="md5 of the file, as dvc.lock records it")
@@ -89,6 +99,7 @@ class VaeInfo(BaseModel):
 class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
     model: ModelInfo
+    served: ServedClassifier = Field(description="the classifier file that answers /predict")
     test_metrics: TestMetrics | None = Field(
         description="metrics/evaluate.json, or null when missing or not computed from this model")
     vae: VaeInfo

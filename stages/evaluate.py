@@ -1,4 +1,5 @@
-"""evaluate: run the test split through the exported model; write metrics and DVC plots."""
+"""evaluate: run the test split through the exported model and the served artifact; write metrics and
+DVC plots (plots of the exported model)."""
 
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.split import load_split
 from flowerlab.data.store import load_prepared
-from flowerlab.export import ClassifierMeta, load_model
+from flowerlab.export import ClassifierMeta, load_model, load_scripted
 from flowerlab.files import write_json
 from flowerlab.inference import predict_batches
 
@@ -24,7 +25,11 @@ def main() -> None:
     images, labels = data.tensors(test)
     logits, _ = predict_batches(module, images, params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels)
-    write_json(paths.EVALUATE_METRICS, metrics)
+    served, served_meta = load_scripted(paths.CLASSIFIER_SERVED)
+    served_logits, _ = predict_batches(served, images, params.evaluate.batch_size)
+    served_metrics = classification_metrics(served_logits, labels)
+    served_metrics.pop("samples")
+    write_json(paths.EVALUATE_METRICS, {**metrics, "served": served_metrics})
 
     classes = meta.classes
     predicted = logits.argmax(dim=1)
@@ -43,6 +48,8 @@ def main() -> None:
         name = f"{i:04d}_{classes[labels[i]]}_as_{classes[predicted[i]]}.png"
         to_pil_image(images[i]).save(misclassified / name.replace(" ", "_"))
     print(", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"served ({served_meta['artifact']}): "
+          + ", ".join(f"{k}={v:.4f}" for k, v in served_metrics.items()))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Test-only builders: a small served root (untrained classifier and VAE, dvc.lock, metrics) and
-uploads, good and bad.
+"""Test-only builders: a small served root (untrained classifier, its int8 served artifact, VAE,
+dvc.lock, metrics) and uploads, good and bad.
 
 ``python -m tests.builders DIR`` writes a served root; then ``FLOWERLAB_ROOT=DIR uvicorn serve.app:app``.
 """
@@ -22,7 +22,16 @@ from PIL import Image
 
 from flowerlab import paths
 from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedClassifier, ImageClassifier
-from flowerlab.export import ClassifierMeta, VaeMeta, export_program, image_input
+from flowerlab.classifier.optimize import INT8_CPU_FLAGS, frozen_script, int8_classifier
+from flowerlab.export import (
+    ClassifierMeta,
+    ServedClassifierMeta,
+    VaeMeta,
+    export_program,
+    image_input,
+    load_scripted,
+    save_scripted,
+)
 from flowerlab.files import file_md5
 from flowerlab.vae.network import ConvVAE, VaeDecoder, VaeEncoder
 
@@ -36,18 +45,26 @@ VAE_METRICS = {"mse": 0.0625, "psnr": 12.5, "ssim": 0.25, "kl": 3.5, "elbo_per_p
                "fd_classifier_reconstructions": 21.0, "samples": 12, "test_images": 12}
 
 
-def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str | None = None) -> None:
-    """dvc.lock as DVC writes it for train, evaluate, train_vae and evaluate_vae;
-    ``classifier_md5`` and ``decoder_md5`` override the real hashes of those models."""
+def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str | None = None,
+               served_md5: str | None = None, optimize: bool = True) -> None:
+    """dvc.lock as DVC writes it for train, optimize, evaluate, train_vae and evaluate_vae;
+    ``classifier_md5``, ``decoder_md5`` and ``served_md5`` override the real hashes of those models;
+    ``optimize=False``, or no served file under ``root``, writes a lock from before the optimize stage."""
     def entry(path: str, md5: str | None = None) -> dict:
         file = root / path
         return {"path": path, "hash": "md5", "md5": md5 or file_md5(file), "size": file.stat().st_size}
 
     model = entry(paths.CLASSIFIER, classifier_md5)
     encoder, decoder = entry(paths.VAE_ENCODER), entry(paths.VAE_DECODER, decoder_md5)
+    optimized = {}
+    if optimize and (root / paths.CLASSIFIER_SERVED).is_file():
+        optimized = {"optimize": {"cmd": "python -m stages.optimize", "deps": [dict(model)],
+                                  "outs": [entry(paths.CLASSIFIER_SERVED, served_md5)]}}
     lock = {"schema": "2.0", "stages": {
         "train": {"cmd": "python -m stages.train", "outs": [model]},
-        "evaluate": {"cmd": "python -m stages.evaluate", "deps": [dict(model)],
+        **optimized,
+        "evaluate": {"cmd": "python -m stages.evaluate",
+                     "deps": [dict(model), *[dict(s["outs"][0]) for s in optimized.values()]],
                      "outs": [entry(paths.EVALUATE_METRICS)]},
         "train_vae": {"cmd": "python -m stages.train_vae", "outs": [encoder, decoder]},
         "evaluate_vae": {"cmd": "python -m stages.evaluate_vae",
@@ -73,14 +90,40 @@ def vae_meta(kind: str) -> VaeMeta:
     return VaeMeta(**common, input=f"float32 latents, shape (N, {latent})", output=image_input(size))
 
 
+def served_meta(image_size: int = IMAGE_SIZE, classes: tuple[str, ...] = CLASSES,
+                **changes) -> ServedClassifierMeta:
+    """Metadata as the optimize stage writes it for an int8 pick."""
+    fields = {**classifier_meta(image_size, classes).model_dump(), "artifact": "int8",
+              "requires_cpu_flags": list(INT8_CPU_FLAGS)}
+    return ServedClassifierMeta(**{**fields, **changes})
+
+
+def write_served_artifact(root: Path, classifier: ImageClassifier, image_size: int = IMAGE_SIZE,
+                          classes: tuple[str, ...] = CLASSES) -> None:
+    """The optimize stage's int8 artifact of ``classifier``, calibrated on noise."""
+    calibration = [torch.rand(8, 3, image_size, image_size, generator=torch.Generator().manual_seed(i))
+                   for i in range(2)]
+    save_scripted(frozen_script(int8_classifier(classifier, calibration), calibration[0][:2]),
+                  root / paths.CLASSIFIER_SERVED, served_meta(image_size, classes))
+
+
+def rewrite_served_meta(root: Path, **changes) -> None:
+    """Save the served artifact again with ``changes`` in its metadata (lock it again after)."""
+    module, meta = load_scripted(root / paths.CLASSIFIER_SERVED)
+    (root / paths.CLASSIFIER_SERVED).unlink()  # it may be a hard link to the original root's file
+    save_scripted(module, root / paths.CLASSIFIER_SERVED, ServedClassifierMeta(**{**meta, **changes}))
+
+
 def write_served_root(root: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
                       classes: tuple[str, ...] = CLASSES) -> Path:
-    """Export an untrained classifier (3 classes at 32x32 unless told) and an untrained VAE at 16x16,
-    write their metrics and dvc.lock. benchmarks/serve_load.py uses it too (``--image-size``)."""
+    """Export an untrained classifier (3 classes at 32x32 unless told) with its int8 served
+    artifact, and an untrained VAE at 16x16, write their metrics and dvc.lock.
+    benchmarks/serve_load.py uses it too (``--image-size``)."""
     torch.manual_seed(seed)
-    module = ExportedClassifier(ImageClassifier(len(classes)))
-    export_program(module, torch.rand(2, 3, image_size, image_size), root / paths.CLASSIFIER,
-                   classifier_meta(image_size, classes))
+    classifier = ImageClassifier(len(classes)).eval()
+    export_program(ExportedClassifier(classifier), torch.rand(2, 3, image_size, image_size),
+                   root / paths.CLASSIFIER, classifier_meta(image_size, classes))
+    write_served_artifact(root, classifier, image_size, classes)
     vae = ConvVAE(VAE_LATENT_DIM, VAE_WIDTH, VAE_IMAGE_SIZE)
     size = VAE_IMAGE_SIZE
     export_program(VaeEncoder(vae), torch.rand(2, 3, size, size), root / paths.VAE_ENCODER,
@@ -97,7 +140,7 @@ def write_served_root(root: Path, seed: int = 0, image_size: int = IMAGE_SIZE,
 def copy_root(source: Path, target: Path) -> Path:
     """A copy of a served root to damage; the model is hard-linked (cheap), never written through."""
     def link_models(src: str, dst: str) -> None:
-        (os.link if src.endswith(".pt2") else shutil.copy2)(src, dst)
+        (os.link if src.endswith((".pt2", ".pt")) else shutil.copy2)(src, dst)
 
     shutil.copytree(source, target, copy_function=link_models)
     return target

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "flowerlab-team"
-SERVED = ("models/classifier.pt2", "models/vae_encoder.pt2", "models/vae_decoder.pt2")
+SERVED = ("models/classifier.pt2", "models/classifier_served.pt", "models/vae_encoder.pt2",
+          "models/vae_decoder.pt2")
 
 
 def run(args: list[str], cwd: Path, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -94,6 +96,12 @@ def test_repro_status_and_experiments(history: Path) -> None:
     metrics = json.loads((history / "metrics/evaluate.json").read_text())
     assert {"accuracy", "top5_accuracy", "macro_f1", "loss", "ece"} <= set(metrics)
     assert 0.0 <= metrics["accuracy"] <= metrics["top5_accuracy"] <= 1.0
+    assert set(metrics["served"]) == {"accuracy", "top5_accuracy", "macro_f1", "loss", "ece"}
+    optimized = json.loads((history / "metrics/optimize.json").read_text())  # the optimize stage ran
+    assert optimized["chosen"] in optimized["candidates"] and "fp32" in optimized["candidates"]
+    assert optimized["candidates"]["fp32"]["speedup_batch16"] == 1.0 and optimized["chosen_speedup"] > 0
+    served = extra_meta(history / "models/classifier_served.pt")
+    assert served["artifact"] == optimized["chosen"] and isinstance(served["requires_cpu_flags"], list)
 
     assert dvc_json(["status"], history) == {}
     again = run(["dvc", "repro"], history)
@@ -105,15 +113,21 @@ def test_repro_status_and_experiments(history: Path) -> None:
     assert "Confusion matrix" in plots.stdout
 
 
+def extra_meta(path: Path) -> dict:
+    """The meta.json a TorchScript file carries, read without loading it."""
+    with zipfile.ZipFile(path) as archive:
+        return json.loads(next(archive.read(n) for n in archive.namelist() if n.endswith("/extra/meta.json")))
+
+
 def test_git_tracks_small_metrics_and_dvc_the_large_outputs(history: Path) -> None:
     tracked = set(run(["git", "ls-files"], history).stdout.split())
     for small in ("metrics/prepare.json", "metrics/evaluate.json", "metrics/vae.json",
-                  "metrics/train/metrics.json", "metrics/train/params.yaml",
+                  "metrics/optimize.json", "metrics/train/metrics.json", "metrics/train/params.yaml",
                   "metrics/evaluate/plots/confusion.json", "metrics/evaluate/plots/per_class.json",
                   "metrics/train/plots/metrics/val/acc.tsv", "metrics/train_vae/plots/metrics/val/loss.tsv",
                   "metrics/vae/plots/images/samples.png", "models/.gitignore"):
         assert small in tracked, small
-    large = [name for name in tracked if name.endswith((".pt2", ".ckpt", ".npy"))]
+    large = [name for name in tracked if name.endswith((".pt2", ".pt", ".ckpt", ".npy"))]
     assert not large, large
     assert any(name.startswith("metrics/vae/plots/images/") for name in tracked)  # small image plots
     assert not run(["git", "status", "--porcelain"], history).stdout  # nothing left unexplained
@@ -170,6 +184,7 @@ def test_push_to_gcs_then_a_teammate_pulls_and_serves(history: Path, gcs: str, t
     upload = encode_image(noise_image(), "PNG")
     with uvicorn_server(mate, tmp_path / "uvicorn.log", cwd=mate) as (url, ready):
         assert ready.json()["model"]["md5"] == locked_outs(mate)["models/classifier.pt2"]
+        assert ready.json()["served"]["md5"] == locked_outs(mate)["models/classifier_served.pt"]
         answer = httpx.post(f"{url}/predict", files={"file": ("f.png", upload, "image/png")}, timeout=60)
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["predictions"]) == 5

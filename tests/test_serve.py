@@ -17,7 +17,7 @@ from prometheus_client import REGISTRY
 from torchvision.transforms.v2 import functional as F
 
 from flowerlab import paths
-from flowerlab.export import load_program
+from flowerlab.export import load_program, load_scripted
 from flowerlab.files import file_md5
 from flowerlab.imaging import decode_image, square_resize
 from serve.app import create_app
@@ -56,10 +56,16 @@ def by_class(response) -> list[float]:
 
 @pytest.fixture(scope="module")
 def reference(served_root: Path) -> torch.nn.Module:
-    """The served program, loaded separately to check the service against."""
-    module, meta = load_program(served_root / paths.CLASSIFIER)
+    """The served classifier (the optimize stage's file), loaded separately to check the service against."""
+    module, meta = load_scripted(served_root / paths.CLASSIFIER_SERVED)
     assert meta["image_size"] == IMAGE_SIZE
     return module
+
+
+@pytest.fixture(scope="module")
+def exported(served_root: Path) -> torch.nn.Module:
+    """The portable exported program: its batch is dynamic, its image size is not."""
+    return load_program(served_root / paths.CLASSIFIER)[0]
 
 
 def expected_probabilities(module: torch.nn.Module, data: bytes) -> list[float]:
@@ -204,6 +210,8 @@ def test_health_and_ready(client: TestClient, served_root: Path) -> None:
         "model": {"path": "models/classifier.pt2", "md5": file_md5(served_root / paths.CLASSIFIER),
                   "source": "synthetic", "architecture": "resnet18", "image_size": IMAGE_SIZE,
                   "num_classes": 3, "best_val_acc": 0.75},
+        "served": {"path": paths.CLASSIFIER_SERVED, "md5": file_md5(served_root / paths.CLASSIFIER_SERVED),
+                   "artifact": "int8", "fallback_reason": None},
         "test_metrics": TEST_METRICS,
         "vae": {"encoder": {"path": paths.VAE_ENCODER, "md5": file_md5(served_root / paths.VAE_ENCODER)},
                 "decoder": {"path": paths.VAE_DECODER, "md5": file_md5(served_root / paths.VAE_DECODER)},
@@ -288,10 +296,10 @@ def test_inference_runs_off_the_event_loop(client: TestClient, monkeypatch: pyte
     ({"kind": "vae"}, "has unusable metadata"),
     ({"classes": []}, "has unusable metadata"),
 ])
-def test_predictor_refuses_a_model_its_metadata_misdescribes(reference: torch.nn.Module, change: dict,
+def test_predictor_refuses_a_model_its_metadata_misdescribes(exported: torch.nn.Module, change: dict,
                                                              message: str) -> None:
     meta = {**classifier_meta().model_dump(mode="json"), **change}
-    loaded = LoadedArtifact(CLASSIFIER, reference, meta, "0" * 32)
+    loaded = LoadedArtifact(CLASSIFIER, exported, meta, "0" * 32)
     with pytest.raises(ModelLoadError, match=re.escape(message)):
         ClassifierPredictor(loaded, max_pixels=1000)
 

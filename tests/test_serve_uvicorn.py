@@ -37,8 +37,8 @@ def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_r
 
 def test_uvicorn_refuses_to_start_on_hash_mismatch(served_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
-    for path in (paths.CLASSIFIER, paths.VAE_ENCODER, paths.VAE_DECODER, paths.EVALUATE_METRICS,
-                 paths.VAE_METRICS):
+    for path in (paths.CLASSIFIER, paths.CLASSIFIER_SERVED, paths.VAE_ENCODER, paths.VAE_DECODER,
+                 paths.EVALUATE_METRICS, paths.VAE_METRICS):
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         os.link(served_root / path, root / path)
     write_lock(root, classifier_md5="0" * 32)
