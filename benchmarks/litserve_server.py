@@ -1,10 +1,12 @@
-"""The same exported classifier behind LitServe's own batching, for benchmarks/serve_load.py.
+"""The service's classifier artifact behind LitServe's own batching, for benchmarks/serve_load.py.
 
     python -m benchmarks.litserve_server --root ROOT --port PORT
 
 Needs ``pip install -r requirements-bench.txt`` (litserve). One inference worker on the CPU, batches
-of up to 16 waiting at most 5 ms, and the service's decoder, model call and top-k response; torch
-uses as many threads as the service does (``serve.batching.cpu_threads``).
+of up to 16 waiting at most 5 ms, and the service's decoder, model call and top-k response. It
+serves the artifact the service picks (the optimize stage's, or the exported program where this
+CPU cannot run it: ``serve.predictor.choose_classifier``); torch uses as many threads as the
+service does (``serve.batching.cpu_threads``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import litserve as ls
 import torch
 
 from serve.batching import cpu_threads
-from serve.predictor import ClassifierPredictor
+from serve.predictor import choose_classifier
 from serve.registry import CLASSIFIER, load_artifacts
 from serve.settings import ServeSettings
 
@@ -32,8 +34,8 @@ class ClassifierAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         torch.set_num_threads(cpu_threads())
-        loaded = load_artifacts(self.root, (CLASSIFIER,))[CLASSIFIER.name]  # verified against dvc.lock
-        self.predictor = ClassifierPredictor(loaded, ServeSettings().max_pixels)
+        portable = load_artifacts(self.root, (CLASSIFIER,))[CLASSIFIER.name]  # verified against dvc.lock
+        self.predictor, _ = choose_classifier(self.root, portable, ServeSettings().max_pixels, MAX_BATCH)
         print(f"litserve worker: {torch.get_num_threads()} torch threads", flush=True)
 
     def decode_request(self, request) -> torch.Tensor:

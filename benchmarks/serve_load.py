@@ -58,7 +58,7 @@ from PIL import Image, ImageDraw
 from flowerlab import paths
 from flowerlab.hardware import cpu_model
 from serve.batching import cpu_threads
-from serve.predictor import ClassifierPredictor
+from serve.predictor import choose_classifier
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, load_artifacts
 from serve.settings import ServeSettings
 
@@ -274,21 +274,23 @@ def build_root(directory: Path, image_size: int) -> Path:
 class ModelTimes:
     num_classes: int
     image_size: int
+    artifact: str  # what the service serves: the optimize stage's pick, or "exported"
     decode_s: float  # the JPEG, as the service decodes and resizes an upload
     forward_1_s: float  # the program alone, on float images
     forward_16_s: float
 
 
-def measure_model(loaded: LoadedArtifact, jpeg: bytes, calls: int) -> ModelTimes:
-    predictor = ClassifierPredictor(loaded, ServeSettings().max_pixels)
+def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int) -> ModelTimes:
+    """Decode, and the bare forward pass of the artifact the service serves (``choose_classifier``)."""
+    predictor, _ = choose_classifier(root, loaded, ServeSettings().max_pixels, 16)
     size = predictor.image_size
     decode_s = median_seconds(lambda: predictor.decode_request(jpeg), calls)
     forward = []
     for batch in (1, 16):
         images = torch.rand(batch, 3, size, size)
         with torch.inference_mode():
-            forward.append(median_seconds(lambda images=images: loaded.module(images), calls))
-    return ModelTimes(predictor.num_classes, size, decode_s, *forward)
+            forward.append(median_seconds(lambda images=images: predictor.module(images), calls))
+    return ModelTimes(predictor.num_classes, size, predictor.artifact, decode_s, *forward)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -331,14 +333,15 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
 
         threads = cpu_threads()
         torch.set_num_threads(threads)  # as the service does
-        model = measure_model(loaded, jpeg, args.forward_calls)
+        model = measure_model(root, loaded, jpeg, args.forward_calls)
         print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, torch threads {threads} (service, litserve, "
               f"bare forward; naive: torch's default)")
         print(f"model: {root / paths.CLASSIFIER} md5 {loaded.md5}, {model.num_classes} classes, "
               f"{model.image_size} px{' (untrained)' if args.image_size is not None else ''}")
         print(f"upload: {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90, {len(jpeg)} bytes; decode + resize "
               f"{1000 * model.decode_s:.2f} ms (median of {args.forward_calls})")
-        print(f"bare forward: batch 1 {1000 * model.forward_1_s:.2f} ms, batch 16 "
+        print(f"bare forward of the served artifact ({model.artifact}): batch 1 "
+              f"{1000 * model.forward_1_s:.2f} ms, batch 16 "
               f"{1000 * model.forward_16_s:.2f} ms ({1000 * model.forward_16_s / 16:.2f} ms/image) "
               f"(median of {args.forward_calls})", flush=True)
         del loaded

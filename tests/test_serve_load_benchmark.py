@@ -29,4 +29,4 @@ def test_serve_load_table_for_naive_and_service(tmp_path: Path, monkeypatch: pyt
             (["naive", "2"], ["service", "2"])}
     assert set(rows) == {"naive", "service"}, out
     assert all(row[-1] == "0" for row in rows.values()), out  # the errors column
-    assert "bare forward: batch 1" in out and "torch threads" in out
+    assert "bare forward of the served artifact (" in out and "torch threads" in out
