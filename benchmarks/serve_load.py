@@ -129,14 +129,18 @@ def server_spec(name: str, root: Path, port: int, uvicorn_auto: bool = False) ->
 
 
 @contextmanager
-def running(spec: ServerSpec, root: Path, log: Path) -> Iterator[str]:
-    """``spec`` started from the repo root, serving ``root``; its URL once ``ready_path`` answers 200."""
+def running(spec: ServerSpec, root: Path, log: Path,
+            started: Callable[[subprocess.Popen], None] | None = None) -> Iterator[str]:
+    """``spec`` started from the repo root, serving ``root``; its URL once ``ready_path`` answers 200
+    (``started`` gets the process first, e.g. to watch its memory)."""
     from tests.servers import stop
 
     env = {**os.environ, "FLOWERLAB_ROOT": str(root)}
     with open(log, "wb") as output:  # a file, not a pipe: a full pipe would block the server
         process = subprocess.Popen(spec.command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
                                    start_new_session=True)  # LitServe's worker processes go with it
+    if started is not None:
+        started(process)
     url = f"http://127.0.0.1:{spec.port}"
     try:
         deadline = time.monotonic() + STARTUP_SECONDS
