@@ -14,6 +14,7 @@ TRAIN_LOG_DIR = "metrics/train"
 OPTIMIZE_METRICS = "metrics/optimize.json"
 EVALUATE_METRICS = "metrics/evaluate.json"
 EVALUATE_PLOTS = "metrics/evaluate"
+DRIFT_REFERENCE = "models/drift_reference.json"  # evaluate's record for the service's drift monitor
 VAE_TRAIN_LOG_DIR = "metrics/train_vae"
 VAE_METRICS = "metrics/vae.json"
 VAE_PLOTS = "metrics/vae"

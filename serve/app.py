@@ -28,6 +28,7 @@ from starlette.types import Scope
 
 from flowerlab.imaging import to_png
 from serve.batching import DeadlineExceeded, InferenceWorker, QueueFull, WorkerStopped, cpu_threads
+from serve.drift import DriftMonitor, load_reference
 from serve.monitoring import (
     DECODE_SECONDS,
     GENERATED_SAMPLES,
@@ -62,6 +63,7 @@ from serve.schemas import (
     HealthResponse,
     ModelFile,
     ModelInfo,
+    MonitoringResponse,
     PredictResponse,
     ReadyResponse,
     ServedClassifier,
@@ -91,6 +93,7 @@ class Service:
     ready: ReadyResponse
     worker: InferenceWorker  # runs every model call, in batches
     cpu_pool: CapacityLimiter  # threads decoding uploads and encoding PNGs at once
+    drift: DriftMonitor  # /predict's recent inputs and confidences against the training reference
 
 
 def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what: str) -> Any:
@@ -130,7 +133,12 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads)
-    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads))
+    reference, no_reference = load_reference(settings.root)
+    if no_reference:
+        logger.info("drift monitoring is off: %s", no_reference)
+    drift = DriftMonitor(reference, settings.drift_window, settings.drift_min_samples,
+                         settings.drift_threshold, no_reference)
+    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift)
 
 
 @asynccontextmanager
@@ -243,6 +251,14 @@ def create_app() -> FastAPI:
         """Readiness: the models are loaded; describes them and their evaluation metrics."""
         return current_service(request).ready
 
+    @app.get("/monitoring", response_model=MonitoringResponse, responses=error_responses(503))
+    def monitoring(request: Request) -> MonitoringResponse:
+        """Drift: the KS statistic of each statistic (mean red, green, blue, brightness, contrast of
+        the images, and the model's top-1 confidence) over the last requests to /predict, against
+        the reference the pipeline recorded from the training images and validation confidences.
+        Scores appear once ``min_samples`` requests are in the window."""
+        return MonitoringResponse(**current_service(request).drift.report())
+
     @app.post("/predict", response_model=PredictResponse,
               responses=error_responses(400, 413, 415, 422, 503, 504))
     async def predict(
@@ -263,6 +279,7 @@ def create_app() -> FastAPI:
         predictor = service.predictor
         image = await decoded(service, "predict", predictor.decode_request, data)
         probabilities = await service.worker.infer("predict", predictor.predict, image, until)
+        service.drift.observe(image.reshape(1, *image.shape[-3:]).numpy(), probabilities.numpy())
         response = predictor.encode_response(probabilities[0], k)
         elapsed = time.perf_counter() - start
         PREDICTION_SECONDS.observe(elapsed)

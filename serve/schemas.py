@@ -136,3 +136,16 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ValidationErrorResponse if code == 422 else ErrorResponse,
                    "description": ERROR_DESCRIPTIONS[code],
                    **({"headers": RETRY_AFTER_HEADER} if code == 503 else {})} for code in codes}
+
+
+class MonitoringResponse(BaseModel):
+    """GET /monitoring: drift of recent /predict requests against the training reference."""
+
+    enabled: bool = Field(description="false when dvc.lock vouches for no drift reference")
+    disabled_reason: str | None = None
+    window: int = Field(description="requests in the sliding window now")
+    window_size: int
+    min_samples: int = Field(description="requests needed before scores appear")
+    threshold: float = Field(description="a score above it counts as drift")
+    scores: dict[str, float] = Field(description="KS statistic per statistic, 0 to 1")
+    drifted: list[str] = Field(description="statistics whose score is above the threshold")

@@ -11,7 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``FLOWERLAB_MAX_QUEUE`` and
-    ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``."""
+    ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``; the
+    drift monitor's ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and ``_DRIFT_THRESHOLD``."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWERLAB_", extra="ignore")
 
@@ -31,3 +32,8 @@ class ServeSettings(BaseSettings):
     request_timeout_s: PositiveFloat = 30.0
     # python -m serve: after SIGTERM, how long requests in flight may take before they are cancelled.
     shutdown_timeout_s: PositiveFloat = 30.0
+    # Drift monitor (GET /monitoring): requests in the sliding window, how many before it scores,
+    # and the KS statistic above which a statistic counts as drifted.
+    drift_window: PositiveInt = 200
+    drift_min_samples: PositiveInt = 50
+    drift_threshold: PositiveFloat = 0.3

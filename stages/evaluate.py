@@ -12,6 +12,7 @@ from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.split import load_split
 from flowerlab.data.store import load_prepared
+from flowerlab.drift import build_reference, reference_indices, write_reference
 from flowerlab.export import ClassifierMeta, load_model, load_scripted
 from flowerlab.files import write_json
 from flowerlab.inference import predict_batches
@@ -21,8 +22,8 @@ def main() -> None:
     params = load_params(paths.PARAMS)
     module, meta = load_model(paths.CLASSIFIER, ClassifierMeta)
     data = load_prepared(paths.PREPARED_DIR)
-    test = load_split(paths.SPLIT_FILE)["test"]
-    images, labels = data.tensors(test)
+    split = load_split(paths.SPLIT_FILE)
+    images, labels = data.tensors(split["test"])
     logits, _ = predict_batches(module, images, params.evaluate.batch_size)
     metrics = classification_metrics(logits, labels)
     served, served_meta = load_scripted(paths.CLASSIFIER_SERVED)
@@ -30,6 +31,12 @@ def main() -> None:
     served_metrics = classification_metrics(served_logits, labels)
     served_metrics.pop("samples")
     write_json(paths.EVALUATE_METRICS, {**metrics, "served": served_metrics})
+    # The reference the service's drift monitor compares requests with: training images' colours
+    # and the served model's confidence on validation images.
+    train_images, _ = data.tensors(reference_indices(split["train"]))
+    val_logits, _ = predict_batches(served, data.tensors(split["val"])[0], params.evaluate.batch_size)
+    reference = build_reference(train_images.numpy(), val_logits.softmax(dim=1).numpy())
+    write_reference(paths.DRIFT_REFERENCE, reference)
 
     classes = meta.classes
     predicted = logits.argmax(dim=1)

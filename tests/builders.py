@@ -65,7 +65,9 @@ def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str |
         **optimized,
         "evaluate": {"cmd": "python -m stages.evaluate",
                      "deps": [dict(model), *[dict(s["outs"][0]) for s in optimized.values()]],
-                     "outs": [entry(paths.EVALUATE_METRICS)]},
+                     "outs": [entry(paths.EVALUATE_METRICS),
+                              *([entry(paths.DRIFT_REFERENCE)] if (root / paths.DRIFT_REFERENCE).is_file()
+                                else [])]},
         "train_vae": {"cmd": "python -m stages.train_vae", "outs": [encoder, decoder]},
         "evaluate_vae": {"cmd": "python -m stages.evaluate_vae",
                          "deps": [dict(model), dict(encoder), dict(decoder)],

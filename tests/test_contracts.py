@@ -104,7 +104,8 @@ def test_config_defaults_are_the_values_in_params_yaml() -> None:
 
 SERVICE_MAY_IMPORT = {"flowerlab/__init__.py", "flowerlab/export.py", "flowerlab/imaging.py",
                       "flowerlab/files.py", "flowerlab/paths.py",
-                      "flowerlab/hardware.py"}  # the CPU flags the optimized classifier requires
+                      "flowerlab/hardware.py",  # the CPU flags the optimized classifier requires
+                      "flowerlab/drift.py"}  # the statistics the drift monitor compares
 
 
 def test_service_imports_only_loading_and_preprocessing_code() -> None:
