@@ -1,14 +1,18 @@
 """Training speed at 32, 128 and 224 px: the plain fp32 eager baseline against what `auto` picks.
 
-    python -m benchmarks.train_speed [--sizes 32 128 224] [--seconds 6] [--workers 0]
+    python -m benchmarks.train_speed [--sizes 32 128 224] [--seconds 6] [--workers 0] [--compile]
 
 No pipeline outputs are needed: the model is the project's ResNet18 (102 classes) and the images
 are random uint8 pixels, so the figures measure speed only. For each size it runs, in this one
 process, one after the other, with the same seed, batch and thread count:
 
 - ``fp32 eager``: contiguous tensors, fp32, the baseline;
-- ``auto``: channels_last and the precision ``flowerlab.hardware.choose_precision`` picks here;
-- ``channels_last bf16``: shown where `auto` did not pick bf16, to show why not.
+- ``auto``: the precision and memory format ``flowerlab.hardware`` picks here (``train.precision``
+  and ``train.channels_last`` left to auto);
+- ``channels_last bf16``: shown where `auto` did not pick bf16, to show why not;
+- ``channels_last fp32``: shown where `auto` picked neither, to show why not;
+- with ``--compile``, ``auto + torch.compile``: the model compiled by Inductor (its first two
+  steps, the compile included, are printed separately).
 
 It prints training images/s (forward, backward, AdamW step) and each config's ratio to the
 baseline, and the data-wait share: the time the training DataLoader (the stage's own transforms
@@ -29,14 +33,15 @@ from flowerlab.classifier.network import ImageClassifier
 from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
 from flowerlab.data.transforms import choose_augmentation, train_transform
-from flowerlab.hardware import choose_precision, cpu_model
+from flowerlab.hardware import choose_channels_last, choose_precision, cpu_model
 
 BATCH = {32: 128, 64: 64, 96: 48, 128: 32, 160: 24, 224: 16}
 CLASSES = 102
 
 
 def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last: bool, bf16: bool,
-                      seconds: float = 0.0, min_steps: int = 3, num_classes: int = CLASSES) -> float:
+                      seconds: float = 0.0, min_steps: int = 3, num_classes: int = CLASSES,
+                      compile: bool = False) -> float:
     """Training images per second (forward, backward, AdamW step) of the project's ResNet18 on one
     fixed batch, after two warm-up steps: at least ``min_steps`` steps and ``seconds`` seconds."""
     torch.manual_seed(0)
@@ -45,15 +50,19 @@ def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    forward = torch.compile(model) if compile else model
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(model(images), labels)
+            loss = F.cross_entropy(forward(images), labels)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    step(), step()  # oneDNN picks its kernels on first use
+    warm_up = time.perf_counter()
+    step(), step()  # oneDNN picks its kernels on first use; Inductor compiles
+    if compile:
+        print(f"     torch.compile: first two steps took {time.perf_counter() - warm_up:.1f} s")
     steps, start = 0, time.perf_counter()
     while steps < min_steps or time.perf_counter() - start < seconds:
         step()
@@ -84,21 +93,29 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 224])
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per config")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the data wait")
+    parser.add_argument("--compile", action="store_true", help="also time auto + torch.compile")
     args = parser.parse_args()
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'size':>4s} {'batch':>5s} {'config':30s} {'img/s':>7s} {'ratio':>6s}")
     for size in args.sizes:
         precision, why = choose_precision("auto", "cpu", image_size=size)
         auto_bf16 = precision.startswith("bf16")
-        print(f"{size:4d} auto picks {precision} ({why})")
+        auto_cl, cl_why = choose_channels_last(None, precision, "cpu", size)
+        print(f"{size:4d} auto picks {precision} ({why}), channels_last {auto_cl} ({cl_why})")
         batch = BATCH.get(size, max(8, 128 * 32 // size))
-        configs = [("fp32 eager", False, False), (f"auto: channels_last {precision}", True, auto_bf16)]
+        auto = f"auto: {'channels_last' if auto_cl else 'contiguous'} {precision}"
+        configs = [("fp32 eager", False, False, False), (auto, auto_cl, auto_bf16, False)]
         if not auto_bf16:
-            configs.append(("channels_last bf16", True, True))
+            configs.append(("channels_last bf16", True, True, False))
+        if not auto_bf16 and not auto_cl:
+            configs.append(("channels_last fp32", True, False, False))
+        if args.compile:
+            configs.append(("auto + torch.compile", auto_cl, auto_bf16, True))
         torch.manual_seed(0)
         images, labels = torch.rand(batch, 3, size, size), torch.randint(0, CLASSES, (batch,))
-        speeds = [images_per_second(images, labels, cl, bf16, args.seconds) for _, cl, bf16 in configs]
-        for (name, _, _), speed in zip(configs, speeds):
+        speeds = [images_per_second(images, labels, cl, bf16, args.seconds, compile=compiled)
+                  for _, cl, bf16, compiled in configs]
+        for (name, *_), speed in zip(configs, speeds):
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
         wait = batch_seconds(size, batch, args.workers)
         step = batch / speeds[1]

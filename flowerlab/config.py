@@ -64,7 +64,7 @@ class TrainParams:
     mix: float | None = None  # probability of CutMix or MixUp on a training batch
     patience: int = 20
     precision: str = "auto"  # flowerlab.hardware.choose_precision
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: flowerlab.hardware.choose_channels_last
     num_workers: int = 0
     accelerator: str = "auto"
     devices: int = 1

@@ -94,14 +94,16 @@ def make_profiler(kind: str | None, name: str) -> Profiler | None:
 
 def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: list[Callback],
                  name: str, image_size: int | None = None,
-                 choices: dict[str, str] | None = None) -> L.Trainer:
+                 choices: dict[str, str] | None = None,
+                 precision: tuple[str, str] | None = None) -> L.Trainer:
     """A deterministic Trainer on ``train``'s accelerator, devices, nodes, strategy and precision,
     logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots);
     ``name`` names the profiler report when ``train.profiler`` is set. ``train.precision: auto``
     becomes what the hardware computes fastest at ``image_size``; the choice and its reason are
     printed and logged with the hyperparameters (``metrics/<stage>/params.yaml``), with the
-    stage's other run-time ``choices``."""
-    precision, reason = choose_precision(train.precision, train.accelerator, image_size=image_size)
+    stage's other run-time ``choices``; ``precision`` is that choice where the stage made it already."""
+    precision, reason = precision or choose_precision(train.precision, train.accelerator,
+                                                      image_size=image_size)
     print(f"{name}: precision {precision} ({reason})")
     for key, value in (choices or {}).items():
         print(f"{name}: {key} {value}")

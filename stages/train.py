@@ -12,6 +12,7 @@ from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import choose_augmentation, describe, train_transform
 from flowerlab.export import ClassifierMeta, export_program
+from flowerlab.hardware import choose_channels_last, choose_precision
 from flowerlab.trainer import checkpoints, make_trainer, resume_from
 
 
@@ -29,17 +30,21 @@ def main() -> None:
     num_classes = len(data.data.classes)
     net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)
     pretrained = params.model.pretrained  # fine-tuning: a slower backbone, frozen at first
+    precision = choose_precision(train.precision, train.accelerator, image_size=size)
+    channels_last, why = choose_channels_last(train.channels_last, precision[0], train.accelerator, size)
     model = FlowerClassifier(net, num_classes, params.lr, train.weight_decay, train.label_smoothing,
-                             train.warmup_epochs, train.channels_last,
+                             train.warmup_epochs, channels_last,
                              params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
     resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
                            [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
-                           name="train", image_size=size,
-                           choices={"augment": describe(preset, augmentation), "batch_size":
-                                    f"{data.batch_size} ({'set' if params.batch_size else 'auto'})"})
+                           name="train", image_size=size, precision=precision,
+                           choices={"channels_last": f"{channels_last} ({why})",
+                                    "augment": describe(preset, augmentation),
+                                    "batch_size": f"{data.batch_size} "
+                                                  f"({'set' if params.batch_size else 'auto'})"})
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from flowerlab.hardware import choose_precision, cpu_flags, cpu_model
+from flowerlab.hardware import choose_channels_last, choose_precision, cpu_flags, cpu_model
 
 XEON = ("model name\t: Intel(R) Xeon(R) Platinum 8481C\n"
         "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
@@ -44,3 +44,15 @@ def test_auto_on_an_amx_cpu_keeps_small_images_in_fp32(size: int, expected: str)
     precision, why = choose_precision("auto", "cpu", flags={"amx_bf16"}, image_size=size)
     assert precision == expected and ("too small" in why) == (expected == "32-true")
     assert choose_precision("auto", "cpu", flags={"avx2"}, image_size=size)[0] == "32-true"
+
+
+@pytest.mark.parametrize(("precision", "size", "expected"), [
+    ("bf16-mixed", 224, True),  # oneDNN's bf16 kernels
+    ("32-true", 32, True),      # fp32 under 64 px: 1.27x on an AVX2-only EPYC
+    ("32-true", 128, False),    # fp32 from 64 px: 0.91x there
+    ("32-true", 224, False),
+])
+def test_channels_last_on_the_cpu_goes_with_what_pays(precision: str, size: int, expected: bool) -> None:
+    chosen, why = choose_channels_last(None, precision, "cpu", size)
+    assert chosen is expected and why
+    assert choose_channels_last(not expected, precision, "cpu", size) == (not expected, "set in params")
