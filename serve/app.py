@@ -132,7 +132,8 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
                               artifact=predictor.artifact, fallback_reason=fallback_reason)
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
-    worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads)
+    worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads,
+                             wait_only_for_incoming=True)
     reference, no_reference = load_reference(settings.root)
     if no_reference:
         logger.info("drift monitoring is off: %s", no_reference)
@@ -205,7 +206,8 @@ async def decoded(service: Service, kind: str, decode: Callable[[bytes], torch.T
                   ) -> torch.Tensor:
     """An upload decoded and preprocessed off the event loop, as a batch of one."""
     start = time.perf_counter()
-    image = await in_pool(service, decode, data)
+    with service.worker.incoming():  # a batch forming meanwhile may wait for this request
+        image = await in_pool(service, decode, data)
     DECODE_SECONDS.labels(kind).observe(time.perf_counter() - start)
     return image.unsqueeze(0)
 

@@ -2,7 +2,8 @@
 
 Requests decode in a thread pool, then ``await worker.infer(...)``: their tensor joins a bounded queue,
 and the worker thread takes whatever is waiting (up to ``max_batch`` items, waiting at most
-``wait_s`` for more), runs each model once on the concatenation and resolves each request's asyncio
+``wait_s`` for more, and with ``wait_only_for_incoming`` only while other requests are still
+decoding), runs each model once on the concatenation and resolves each request's asyncio
 future through ``loop.call_soon_threadsafe``. A job whose deadline passes leaves the queue, or the batch
 it was taken into, without being computed.
 """
@@ -17,7 +18,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,14 @@ class Job:
 class InferenceWorker:
     """The one thread that runs the models; ``infer`` is its asyncio side."""
 
-    def __init__(self, max_batch: int, wait_s: float, max_queue: int, threads: int | None = None) -> None:
+    def __init__(self, max_batch: int, wait_s: float, max_queue: int, threads: int | None = None,
+                 wait_only_for_incoming: bool = False) -> None:
         self.max_batch, self.wait_s, self.max_queue = max_batch, wait_s, max_queue
         self.threads = threads  # torch threads for the models; None keeps torch's count
+        # True: a forming batch waits for more only while requests are decoding (``incoming``), so a
+        # lone request runs at once instead of after the whole window.
+        self.wait_only_for_incoming = wait_only_for_incoming
+        self._incoming = 0
         self.history: deque[tuple[str, int]] = deque(maxlen=HISTORY)
         self._queue: deque[Job] = deque()
         self._changed = threading.Condition()
@@ -99,6 +105,18 @@ class InferenceWorker:
             self._changed.notify()
         if self._thread.is_alive():
             self._thread.join()
+
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Around a request's decoding: while it lasts, a forming batch may wait for that request."""
+        with self._changed:
+            self._incoming += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._incoming -= 1
+                self._changed.notify()
 
     def queued(self) -> int:
         with self._changed:
@@ -167,7 +185,7 @@ class InferenceWorker:
                     items += batch[-1].size
                     continue
                 remaining = window_end - time.monotonic()
-                if remaining <= 0 or self._stopping:
+                if remaining <= 0 or self._stopping or (self.wait_only_for_incoming and not self._incoming):
                     break
                 self._changed.wait(remaining)
             QUEUE_DEPTH.observe(len(batch) + len(self._queue))

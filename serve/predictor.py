@@ -70,7 +70,7 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> uint8 tensor (3, size, size), exactly as prepare stored the evaluated images."""
     sniff_format(data)
     try:
-        image = decode_image(data, max_pixels)
+        image = decode_image(data, max_pixels, draft_size=size)
         resized = resized_pixels(image.size, size)
         if resized > max_pixels:  # a 1000000x1 line is small, but resized it would take gigabytes
             width, height = image.size

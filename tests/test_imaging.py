@@ -10,9 +10,11 @@ import io
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from benchmarks.decode_speed import photo_jpeg
 from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, square_resize
 from tests.builders import encode_image
 
@@ -125,3 +127,40 @@ def test_plain_photos_decode_to_loaded_rgb_pixels(fmt: str) -> None:
     decoded = decode_image(encode_image(upright, fmt))
     assert decoded.mode == "RGB" and decoded.size == upright.size
     assert square_resize(decoded, 16).shape == (3, 16, 16)
+
+
+def test_a_large_jpeg_decodes_at_reduced_size_in_the_dct_domain() -> None:
+    data = photo_jpeg(800, 600)
+    assert decode_image(data).size == (800, 600)
+    drafted = decode_image(data, draft_size=64)
+    assert drafted.size == (100, 75)  # 1/8 scale: the largest that keeps both sides >= 64
+    assert decode_image(data, draft_size=300).size == (400, 300)  # 1/2 scale
+    assert decode_image(data, draft_size=400).size == (800, 600)  # under twice the size: full decode
+    png = encode_image(decode_image(data), "PNG")
+    assert decode_image(png, draft_size=64).size == (800, 600)  # JPEG only
+    full, reduced = square_resize(decode_image(data), 64), square_resize(drafted, 64)
+    assert not torch.equal(full, reduced)
+    assert (full.float() - reduced.float()).abs().mean() < 4  # of 255: the same picture
+
+
+def test_a_drafted_rotated_jpeg_still_comes_out_upright() -> None:
+    big = upright_photo(480, 320)
+    image = decode_image(with_orientation(big, 6, "JPEG"), draft_size=64)
+    assert image.size == (120, 80)  # stored 320x480, 1/4 scale, then turned upright
+    assert np.asarray(image)[5, 5, 0] > 150 and np.asarray(image)[-3, 5, 2] > 150
+
+
+def test_prepare_and_the_service_see_the_same_pixels_of_a_large_jpeg(tmp_path) -> None:
+    from flowerlab.config import DataParams, Source
+    from flowerlab.data.preparation import prepare_images
+    from flowerlab.data.sources import read_imagefolder
+    from serve.predictor import decode_upload
+
+    data = photo_jpeg(800, 600)
+    (tmp_path / "roses").mkdir()
+    (tmp_path / "roses" / "photo.jpg").write_bytes(data)
+    raw = read_imagefolder(DataParams(source=Source.imagefolder, path=str(tmp_path), image_size=64))
+    stored, skipped = prepare_images(raw, 64, "imagefolder", progress=False, workers=0)
+    served = decode_upload(data, 64, max_pixels=10_000_000)
+    assert not skipped and torch.equal(torch.from_numpy(stored.images[0]).permute(2, 0, 1), served)
+    assert not torch.equal(served, square_resize(decode_image(data), 64))  # the draft was used

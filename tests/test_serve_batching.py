@@ -157,6 +157,32 @@ def test_worker_batches_what_waits_and_answers_each_job() -> None:
     asyncio.run(scenario())
 
 
+def test_a_lone_job_runs_at_once_and_a_batch_waits_only_for_requests_still_decoding() -> None:
+    async def scenario() -> None:
+        # A 2-s window: with wait_only_for_incoming, nothing here waits for it to end.
+        worker = InferenceWorker(max_batch=4, wait_s=2.0, max_queue=10, wait_only_for_incoming=True)
+        worker.start()
+        try:
+            until = time.monotonic() + WAIT_S
+            start = time.monotonic()
+            assert (await worker.infer("k", double, torch.ones(1, 1), until)).tolist() == [[2.0]]
+            assert time.monotonic() - start < 1.0  # nothing was decoding: it ran at once
+            with worker.incoming():  # a second request is decoding: the first one's batch waits
+                first = asyncio.ensure_future(worker.infer("k", double, torch.ones(1, 1), until))
+                await asyncio.sleep(0.3)
+                assert not first.done()
+                second = asyncio.ensure_future(worker.infer("k", double, torch.full((1, 1), 2.0), until))
+                await asyncio.sleep(0)  # queued; its decoding ends as the block does
+            results = await asyncio.gather(first, second)
+            assert [r.tolist() for r in results] == [[[2.0]], [[4.0]]]
+            assert time.monotonic() - start < 1.8  # the window did not run out: the batch was complete
+        finally:
+            worker.stop()
+        assert list(worker.history) == [("k", 1), ("k", 2)]
+
+    asyncio.run(scenario())
+
+
 def test_worker_drops_an_expired_job_and_refuses_over_the_queue_bound() -> None:
     entered, opened, seen = threading.Event(), threading.Event(), []
 

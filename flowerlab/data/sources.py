@@ -78,7 +78,8 @@ def read_flowers102(params: DataParams) -> RawDataset:
         for index in range(len(dataset)):
             path, label = dataset[index]
             items.append(SourceItem(Path(path).name, int(label),
-                                    partial(decode_image, Path(path)), split))
+                                    partial(decode_image, Path(path), draft_size=params.image_size),
+                                    split))
     return RawDataset(list(FLOWERS102_CLASSES), items)
 
 
@@ -92,7 +93,8 @@ def read_imagefolder(params: DataParams) -> RawDataset:
                               is_valid_file=lambda p: not Path(p).name.startswith("."))
     except (FileNotFoundError, OSError) as error:
         raise SourceError(f"cannot read image folder {root}: {error}") from None
-    items = [SourceItem(str(Path(path).relative_to(root)), label, partial(decode_image, Path(path)))
+    items = [SourceItem(str(Path(path).relative_to(root)), label,
+                        partial(decode_image, Path(path), draft_size=params.image_size))
              for path, label in dataset.samples]
     return RawDataset(list(dataset.classes), items)
 

@@ -1,4 +1,4 @@
-"""benchmarks/train_speed.py runs and prints each config of its table."""
+"""The benchmarks without servers run and print every row of their tables (figures: README)."""
 
 from __future__ import annotations
 
@@ -16,3 +16,12 @@ def test_train_speed_prints_the_baseline_and_what_auto_picks() -> None:
     speeds = [float(row[-2]) for row in rows if "data" not in row]
     assert all(speed > 0 for speed in speeds) and float(rows[0][-1]) == 1.0, out
     assert "% of an auto step" in out, out
+
+
+def test_decode_speed_prints_full_and_drafted_decodes() -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.decode_speed", "--sizes", "64", "--calls", "1"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows = [words for words in map(str.split, out.splitlines()) if words and "x" in words[0]
+            and words[0][0].isdigit()]
+    assert [row[0] for row in rows] == ["500x375", "1000x750", "2000x1500", "4000x3000"], out
+    assert all(float(row[2]) > 0 and float(row[3]) > 0 for row in rows), out
