@@ -133,7 +133,7 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue, threads,
-                             wait_only_for_incoming=True)
+                             wait_only_for_incoming=settings.batch_wait_for_incoming_only)
     reference, no_reference = load_reference(settings.root)
     if no_reference:
         logger.info("drift monitoring is off: %s", no_reference)

@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
-    worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``FLOWERLAB_MAX_QUEUE`` and
+    worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``_BATCH_WAIT_FOR_INCOMING_ONLY``,
+    ``FLOWERLAB_MAX_QUEUE`` and
     ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``; the
     drift monitor's ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and ``_DRIFT_THRESHOLD``."""
 
@@ -26,6 +27,9 @@ class ServeSettings(BaseSettings):
     max_batch: PositiveInt = 16
     # How long the worker waits for more requests once one arrives, to fill a batch.
     batch_wait_ms: NonNegativeFloat = 5.0
+    # True: it waits only while other requests are still decoding, so a lone request runs at once;
+    # False: always the whole window (a fixed delay, e.g. to hold requests in flight in a test).
+    batch_wait_for_incoming_only: bool = True
     # Jobs waiting for the worker; one more answers 503 with Retry-After.
     max_queue: PositiveInt = 64
     # From the upload read to the answer; past it the request answers 504 and is never computed.

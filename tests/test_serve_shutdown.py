@@ -36,6 +36,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(served_root: Path, tmp_
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLOWERLAB_BATCH_WAIT_MS", str(BATCH_WAIT_S * 1000))
     monkeypatch.setenv("FLOWERLAB_MAX_BATCH", "64")
+    monkeypatch.setenv("FLOWERLAB_BATCH_WAIT_FOR_INCOMING_ONLY", "false")  # the window holds them
     log = tmp_path / "uvicorn.log"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
