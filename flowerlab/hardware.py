@@ -43,14 +43,18 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     return _cpuinfo_field("model name", cpuinfo) or platform.processor() or "unknown CPU"
 
 
+def on_gpu(accelerator: str) -> bool:
+    """Whether Lightning's ``accelerator`` setting trains on a CUDA GPU here."""
+    return accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+
+
 def choose_precision(requested: str, accelerator: str = "auto", flags: set[str] | None = None,
                      gpu_bf16: bool | None = None, image_size: int | None = None) -> tuple[str, str]:
     """Lightning's ``precision`` for ``requested`` (``auto`` or an explicit value), and why;
     ``image_size`` is the side of the training images, where known."""
     if requested != "auto":
         return requested, "set in params"
-    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
-    if on_gpu:
+    if on_gpu(accelerator):
         supported = torch.cuda.is_bf16_supported() if gpu_bf16 is None else gpu_bf16
         if supported:
             return "bf16-mixed", f"GPU {torch.cuda.get_device_name(0)} supports bf16"
@@ -72,7 +76,7 @@ def choose_channels_last(requested: bool | None, precision: str, accelerator: st
         return requested, "set in params"
     if "bf16" in str(precision):
         return True, "bf16 kernels want channels_last"
-    if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
+    if on_gpu(accelerator):
         return True, "GPU"
     if image_size is not None and image_size < BF16_MIN_IMAGE_SIZE:
         return True, f"fp32 under {BF16_MIN_IMAGE_SIZE} px"

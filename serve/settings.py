@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``_BATCH_WAIT_FOR_INCOMING_ONLY``,
-    ``FLOWERLAB_MAX_QUEUE`` and
-    ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``; the
-    drift monitor's ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and ``_DRIFT_THRESHOLD``."""
+    ``FLOWERLAB_MAX_QUEUE`` and ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for
+    ``python -m serve``; the drift monitor's ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and
+    ``_DRIFT_THRESHOLD``."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWERLAB_", extra="ignore")
 

@@ -14,7 +14,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from benchmarks.decode_speed import photo_jpeg
+from benchmarks.serve_load import photo_jpeg
 from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, square_resize
 from tests.builders import encode_image
 
@@ -130,7 +130,7 @@ def test_plain_photos_decode_to_loaded_rgb_pixels(fmt: str) -> None:
 
 
 def test_a_large_jpeg_decodes_at_reduced_size_in_the_dct_domain() -> None:
-    data = photo_jpeg(800, 600)
+    data = photo_jpeg((800, 600))
     assert decode_image(data).size == (800, 600)
     drafted = decode_image(data, draft_size=64)
     assert drafted.size == (100, 75)  # 1/8 scale: the largest that keeps both sides >= 64
@@ -156,7 +156,7 @@ def test_prepare_and_the_service_see_the_same_pixels_of_a_large_jpeg(tmp_path) -
     from flowerlab.data.sources import read_imagefolder
     from serve.predictor import decode_upload
 
-    data = photo_jpeg(800, 600)
+    data = photo_jpeg((800, 600))
     (tmp_path / "roses").mkdir()
     (tmp_path / "roses" / "photo.jpg").write_bytes(data)
     raw = read_imagefolder(DataParams(source=Source.imagefolder, path=str(tmp_path), image_size=64))
