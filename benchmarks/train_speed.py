@@ -6,9 +6,12 @@ No pipeline outputs are needed: the model is the project's ResNet18 (102 classes
 are random uint8 pixels, so the figures measure speed only. For each size it runs, in this one
 process, one after the other, with the same seed, batch and thread count:
 
-- ``fp32 eager``: contiguous tensors, fp32, the baseline;
-- ``auto``: the precision and memory format ``flowerlab.hardware`` picks here (``train.precision``
-  and ``train.channels_last`` left to auto);
+- ``fp32 eager``: contiguous tensors, fp32, torchvision's convolutions and the default AdamW:
+  the baseline;
+- ``auto``: what the train stage runs here: the precision and memory format ``flowerlab.hardware``
+  picks (``train.precision`` and ``train.channels_last`` left to auto), the GEMM weight gradient
+  on tiny maps (``flowerlab.classifier.small_maps``) and fused AdamW. The configs below use the
+  last two as well;
 - ``channels_last bf16``: shown where `auto` did not pick bf16, to show why not;
 - ``channels_last fp32``: shown where `auto` picked neither, to show why not;
 - with ``--compile``, ``auto + torch.compile``: the model compiled by Inductor (its first two
@@ -30,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from flowerlab.classifier.network import ImageClassifier
+from flowerlab.classifier.small_maps import use_gemm_weight_grad
 from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
 from flowerlab.data.transforms import choose_augmentation, train_transform
@@ -41,15 +45,18 @@ CLASSES = 102
 
 def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last: bool, bf16: bool,
                       seconds: float = 0.0, min_steps: int = 3, num_classes: int = CLASSES,
-                      compile: bool = False) -> float:
+                      compile: bool = False, project_step: bool = True) -> float:
     """Training images per second (forward, backward, AdamW step) of the project's ResNet18 on one
-    fixed batch, after two warm-up steps: at least ``min_steps`` steps and ``seconds`` seconds."""
+    fixed batch, after two warm-up steps: at least ``min_steps`` steps and ``seconds`` seconds.
+    ``project_step``: as the train stage does (GEMM weight gradient on tiny maps, fused AdamW)."""
     torch.manual_seed(0)
     model = ImageClassifier(num_classes)
+    if project_step:
+        use_gemm_weight_grad(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         images = images.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=project_step)
     forward = torch.compile(model) if compile else model
 
     def step() -> None:
@@ -113,8 +120,9 @@ def main() -> None:
             configs.append(("auto + torch.compile", auto_cl, auto_bf16, True))
         torch.manual_seed(0)
         images, labels = torch.rand(batch, 3, size, size), torch.randint(0, CLASSES, (batch,))
-        speeds = [images_per_second(images, labels, cl, bf16, args.seconds, compile=compiled)
-                  for _, cl, bf16, compiled in configs]
+        speeds = [images_per_second(images, labels, cl, bf16, args.seconds, compile=compiled,
+                                    project_step=index > 0)
+                  for index, (_, cl, bf16, compiled) in enumerate(configs)]
         for (name, *_), speed in zip(configs, speeds):
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
         wait = batch_seconds(size, batch, args.workers)

@@ -16,6 +16,8 @@ from torch import nn
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from flowerlab.classifier.small_maps import use_gemm_weight_grad
+
 
 def param_groups(model: nn.Module, weight_decay: float, lr: float | None = None) -> list[dict]:
     """No weight decay on norm layers and biases (one-dimensional parameters); ``lr`` for both
@@ -65,6 +67,7 @@ class FlowerClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
+        use_gemm_weight_grad(self.net)  # CPU fp32 on 1x1 and 2x2 maps: see small_maps
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
@@ -101,7 +104,7 @@ class FlowerClassifier(L.LightningModule):
         lr, decay, scale = self.hparams.lr, self.hparams.weight_decay, self.hparams.backbone_lr_scale
         groups = (param_groups(self.net, decay) if scale == 1 else
                   param_groups(self.net.backbone, decay, lr * scale) + param_groups(self.net.head, decay, lr))
-        optimizer = torch.optim.AdamW(groups, lr=lr)
+        optimizer = torch.optim.AdamW(groups, lr=lr, fused=True)  # one kernel: 8% a step at 32 px
         total = int(self.trainer.estimated_stepping_batches)
         per_epoch = max(1, total // max(1, self.trainer.max_epochs))
         warmup = min(total // 2, self.hparams.warmup_epochs * per_epoch)
