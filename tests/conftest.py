@@ -14,6 +14,18 @@ from tests.builders import write_served_root
 from tests.servers import uvicorn_server
 
 
+@pytest.fixture(autouse=True)
+def _restore_deterministic_mode() -> Iterator[None]:
+    """Undo ``torch.use_deterministic_algorithms``, which Lightning's ``deterministic=True`` sets
+    for the whole process: left on, it breaks later tests that quantize (no deterministic kernel)."""
+    import torch
+
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
 @pytest.fixture(scope="session")
 def served_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained 3-class classifier and VAE with their metrics and dvc.lock; never modified."""

@@ -20,7 +20,7 @@ def _gradients(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, di
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_resnet18_gradients_match_the_plain_convolutions(channels_last: bool) -> None:
+def test_resnet18_gradients_match_the_plain_convolutions(channels_last: bool, monkeypatch) -> None:
     torch.manual_seed(0)
     plain = resnet18(num_classes=5).train()
     fast = copy.deepcopy(plain)
@@ -30,24 +30,14 @@ def test_resnet18_gradients_match_the_plain_convolutions(channels_last: bool) ->
         plain, fast = (m.to(memory_format=torch.channels_last) for m in (plain, fast))
         images = images.contiguous(memory_format=torch.channels_last)
     calls = {"gemm": 0, "centre": 0}
-    originals = {"gemm": small_maps._GemmWeightGradConv2d, "centre": small_maps._CentreConv2d}
-
-    def counting(kind):
-        original = originals[kind].backward
-
-        def backward(ctx, grad):
+    for kind, function in {"gemm": small_maps._GemmWeightGradConv2d,
+                           "centre": small_maps._CentreConv2d}.items():
+        def counting(ctx, grad, kind=kind, original=function.backward):
             calls[kind] += 1
             return original(ctx, grad)
-        return staticmethod(backward), original
-
-    patched = {kind: counting(kind) for kind in originals}
-    for kind, (backward, _) in patched.items():
-        originals[kind].backward = backward
-    try:
-        fast_input, fast_grads = _gradients(fast, images)
-    finally:
-        for kind, (_, original) in patched.items():
-            originals[kind].backward = staticmethod(original)
+        monkeypatch.setattr(function, "backward", staticmethod(counting))
+    fast_input, fast_grads = _gradients(fast, images)
+    monkeypatch.undo()
     plain_input, plain_grads = _gradients(plain, images)
     # layer3's four 3x3 convolutions (2x2 output) and layer4's strided one (2x2 in, 1x1 out) take
     # the GEMM; layer4's other three (1x1 in and out) are their centre taps
@@ -92,7 +82,7 @@ def test_layers_it_cannot_take_are_left_alone() -> None:
     assert all(type(layer) is nn.Conv2d for layer in model)
 
 
-def test_state_dict_and_export_are_unchanged(tmp_path) -> None:
+def test_state_dict_and_export_are_unchanged() -> None:
     torch.manual_seed(2)
     plain = resnet18(num_classes=3)
     fast = copy.deepcopy(plain)

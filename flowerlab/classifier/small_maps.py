@@ -33,9 +33,7 @@ class _GemmWeightGradConv2d(torch.autograd.Function):
         images, weight = ctx.saved_tensors
         grad_images = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_images = torch.ops.aten.convolution_backward(
-                grad, images, weight, None, list(ctx.stride), list(ctx.padding), [1, 1], False,
-                [0, 0], 1, [True, False, False])[0]
+            grad_images = torch.nn.grad.conv2d_input(images.shape, weight, grad, ctx.stride, ctx.padding)
         if ctx.needs_input_grad[1]:
             columns = F.unfold(images, weight.shape[2:], padding=ctx.padding, stride=ctx.stride)
             n, out_channels = grad.shape[:2]
