@@ -31,12 +31,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision.transforms import v2
 
 from flowerlab.classifier.network import ImageClassifier
 from flowerlab.classifier.small_maps import use_gemm_weight_grad
 from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
-from flowerlab.data.transforms import choose_augmentation, train_transform
+from flowerlab.data.transforms import BatchAugment, choose_augmentation
 from flowerlab.hardware import choose_channels_last, choose_precision, cpu_model
 
 BATCH = {32: 128, 64: 64, 96: 48, 128: 32, 160: 24, 224: 16}
@@ -79,14 +80,15 @@ def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last:
 
 def batch_seconds(size: int, batch: int, workers: int, batches: int = 12) -> float:
     """Seconds the training DataLoader takes per batch: the augmentation the train stage picks at
-    ``size`` (``train.augment: auto``), per sample."""
+    ``size`` (``train.augment: auto``), on whole batches as the train stage's loader applies it."""
     rng = np.random.default_rng(0)
     count = batch * batches
     data = PreparedData(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
                         rng.integers(0, CLASSES, count), [str(i) for i in range(CLASSES)], size, "random")
     augmentation = choose_augmentation("auto", size)[1]
-    dataset = StoredImages(data, list(range(count)), train_transform(size, augmentation))
-    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    dataset = StoredImages(data, list(range(count)), v2.Identity())
+    loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                        collate_fn=BatchAugment(size, augmentation, CLASSES))
     iterator = iter(loader)
     next(iterator)  # worker start-up is paid once per epoch, not per batch
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedCl
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
-from flowerlab.data.transforms import choose_augmentation, describe, train_transform
+from flowerlab.data.transforms import choose_augmentation, describe
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.hardware import choose_channels_last, choose_precision
 from flowerlab.trainer import checkpoints, make_trainer, resume_from
@@ -25,7 +25,7 @@ def main() -> None:
                                                trivial_augment=train.trivial_augment,
                                                random_erasing=train.random_erasing, mix=train.mix)
     data = FlowerData(paths.PREPARED_DIR, paths.SPLIT_FILE, params.batch_size, train.num_workers,
-                      train_transform(size, augmentation), mix=augmentation.mix)
+                      augmentation)
     data.setup()
     num_classes = len(data.data.classes)
     net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)

@@ -238,7 +238,7 @@ def test_queued_sweep_runs_every_experiment_and_reports_the_failed_one(history: 
     sweep = clone(history, tmp_path / "sweep")
     run(["dvc", "cache", "dir", "--local", str(history / ".dvc/cache")], sweep)
     run(["dvc", "checkout"], sweep)
-    for lr in ("0.001", "0.003", "-1"):  # lr=-1 fails the train stage's params check
+    for lr in ("0.001", "-1"):  # lr=-1 fails the train stage's params check
         run(["dvc", "exp", "run", "--queue", "-S", f"lr={lr}"], sweep)
     run(["dvc", "queue", "start"], sweep)
     deadline = time.monotonic() + 900
@@ -248,7 +248,7 @@ def test_queued_sweep_runs_every_experiment_and_reports_the_failed_one(history: 
             break
         assert time.monotonic() < deadline, status
         time.sleep(3)
-    assert status.count("Success") == 2 and status.count("Failed") == 1, status
+    assert status.count("Success") == 1 and status.count("Failed") == 1, status
 
     shown = dvc_json(["exp", "show"], sweep)
     finished, failed = {}, []
@@ -263,7 +263,7 @@ def test_queued_sweep_runs_every_experiment_and_reports_the_failed_one(history: 
                 accuracy = (data.get("metrics", {}).get("metrics/evaluate.json", {})
                             .get("data", {}).get("accuracy"))
                 finished[lr] = accuracy
-    assert set(finished) == {0.001, 0.003}, json.dumps(shown)[:3000]
+    assert set(finished) == {0.001}, json.dumps(shown)[:3000]
     assert all(0 <= accuracy <= 1 for accuracy in finished.values()), finished
     assert failed == [-1]
 
@@ -275,7 +275,7 @@ def test_kill_9_during_train_then_repro_completes_and_resume_continues(history: 
 
     repo = tmp_path / "repo"
     shutil.copytree(history, repo, symlinks=True)
-    set_params(repo / "params.yaml", {"epochs": 40})
+    set_params(repo / "params.yaml", {"epochs": 8})  # 7 epochs of margin for the kill
     last = repo / "models/checkpoints/classifier/last.ckpt"
 
     def start_and_kill_after_a_checkpoint() -> None:
@@ -299,7 +299,7 @@ def test_kill_9_during_train_then_repro_completes_and_resume_continues(history: 
     for path, digest in locked_outs(repo).items():
         assert md5(repo / path) == digest, path  # every recorded output is the file on disk
 
-    set_params(repo / "params.yaml", {"epochs": 60, "train.resume": True})
+    set_params(repo / "params.yaml", {"epochs": 12, "train.resume": True})
     start_and_kill_after_a_checkpoint()
     resumed = run(["dvc", "repro", "train"], repo)
     assert "resuming from models/checkpoints/classifier/last.ckpt" in resumed.stdout + resumed.stderr

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.transforms import v2
 
-from flowerlab.data.transforms import PRESETS, choose_augmentation, train_transform
+from flowerlab.data.transforms import PRESETS, BatchAugment, choose_augmentation, crop_boxes, resized_crops
 
 
 @pytest.mark.parametrize(("size", "expected"),
@@ -24,21 +25,68 @@ def test_an_explicit_preset_wins_over_the_size_and_set_values_override_it() -> N
 
 
 @pytest.mark.parametrize("preset", ["light", "strong"])
-def test_train_transform_gives_float_images_of_the_training_size(preset: str) -> None:
+def test_batch_augment_gives_float_images_of_the_training_size(preset: str) -> None:
     torch.manual_seed(0)
-    image = torch.randint(0, 256, (3, 90, 70), dtype=torch.uint8)
-    out = train_transform(48, PRESETS[preset])(image)
-    assert out.shape == (3, 48, 48) and out.dtype == torch.float32
-    assert out.min() >= 0.0 and out.max() <= 1.0
+    samples = [(torch.randint(0, 256, (3, 40, 40), dtype=torch.uint8), label) for label in range(6)]
+    images, labels = BatchAugment(40, PRESETS[preset], num_classes=6)(samples)
+    assert images.shape == (6, 3, 40, 40) and images.dtype == torch.float32
+    assert images.min() >= 0.0 and images.max() <= 1.0 and labels.tolist() == list(range(6))
+
+
+def test_each_image_of_a_batch_gets_its_own_crop_and_flip() -> None:
+    torch.manual_seed(0)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    images, _ = BatchAugment(32, PRESETS["light"], num_classes=1)([(image, 0)] * 16)
+    distinct = {tuple(x.flatten()[:64].tolist()) for x in images}
+    assert len(distinct) == 16  # one set of crop parameters for the whole batch would give 1 or 2
+
+
+def test_resized_crops_equal_torchvisions_crop_and_resize() -> None:
+    """Inside the crop the pixels are torchvision's (bilinear) ``resized_crop``; on the output's
+    outermost pixels the batch crop blends in the true neighbours, where torchvision repeats the
+    crop's edge."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 20, 30) * 255
+    box = torch.tensor([[4.0, 3.0, 16.0, 12.0]])  # left, top, width, height
+    reference = v2.functional.resized_crop(image, top=3, left=4, height=12, width=16, size=[24, 24],
+                                           antialias=False)
+    cropped = resized_crops(image, box, torch.tensor([False]), 24)
+    mirrored = resized_crops(image, box, torch.tensor([True]), 24)
+    inner = (..., slice(1, -1), slice(1, -1))
+    assert torch.allclose(cropped[inner], reference[inner], atol=1e-3)
+    assert torch.allclose(mirrored[inner], reference.flip(-1)[inner], atol=1e-3)
+    whole = resized_crops(image, torch.tensor([[0.0, 0.0, 30.0, 20.0]]), torch.tensor([False]), 20)
+    assert torch.allclose(whole, v2.functional.resize(image, [20, 20], antialias=False), atol=1e-3)
+
+
+def test_crop_boxes_follow_the_scale_and_ratio_and_stay_inside_the_image() -> None:
+    torch.manual_seed(0)
+    left, top, w, h = crop_boxes(2000, 60, 80, (0.25, 1.0), (3 / 4, 4 / 3)).unbind(dim=1)
+    assert bool((left >= 0).all() and (top >= 0).all() and (left + w <= 80 + 1e-4).all()
+                and (top + h <= 60 + 1e-4).all())
+    area, aspect = w * h / (60 * 80), w / h
+    assert area.min() >= 0.25 - 1e-4 and area.max() <= 1 + 1e-4 and area.std() > 0.1
+    assert aspect.min() >= 3 / 4 - 1e-4 and aspect.max() <= 4 / 3 + 1e-4
+    # no draw can fit (a 1:1 crop of at least 90% of a 4:1 image): the centred crop of ratio 1
+    left, top, w, h = crop_boxes(5, 10, 40, (0.9, 1.0), (1.0, 1.0)).unbind(dim=1)
+    assert w.tolist() == [10.0] * 5 and h.tolist() == [10.0] * 5 and left.tolist() == [15.0] * 5
 
 
 def test_random_erasing_erases_a_patch() -> None:
     torch.manual_seed(0)
-    white = torch.full((3, 64, 64), 255, dtype=torch.uint8)
+    white = [(torch.full((3, 64, 64), 255, dtype=torch.uint8), 0)] * 4
     _, always = choose_augmentation("light", 64, random_erasing=1.0)
-    erased = train_transform(64, always)(white)
-    kept = train_transform(64, PRESETS["light"])(white)
-    assert (erased == 0).any() and bool((kept == 1).all())
+    erased, _ = BatchAugment(64, always, num_classes=1)(white)
+    kept, _ = BatchAugment(64, PRESETS["light"], num_classes=1)(white)
+    assert all((image == 0).any() for image in erased) and torch.allclose(kept, torch.ones_like(kept))
+
+
+def test_batch_augment_mixes_batches_with_probability_mix() -> None:
+    torch.manual_seed(0)
+    samples = [(torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8), label) for label in range(4)]
+    _, always = choose_augmentation("light", 16, mix=1.0)
+    _, labels = BatchAugment(16, always, num_classes=5)(samples)
+    assert labels.shape == (4, 5) and torch.allclose(labels.sum(dim=1), torch.ones(4))
 
 
 def test_batch_mix_turns_labels_into_class_probabilities_or_leaves_the_batch_alone() -> None:

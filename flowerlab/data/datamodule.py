@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
 
 from flowerlab.data.split import load_split
 from flowerlab.data.store import PreparedData, load_prepared
-from flowerlab.data.transforms import BatchMix, eval_transform
+from flowerlab.data.transforms import Augmentation, BatchAugment, eval_transform
 
 
 class StoredImages(Dataset):
@@ -36,13 +37,14 @@ def auto_batch_size(train_images: int, min_steps: int = 20, smallest: int = 16, 
 
 class FlowerData(L.LightningDataModule):
     def __init__(self, prepared_dir: str, split_file: str, batch_size: int | None, num_workers: int = 0,
-                 train_transform=None, val_transform=None, mix: float = 0.0):
-        """``batch_size`` None: :func:`auto_batch_size` of the training split; ``mix``: probability
-        of CutMix or MixUp on a training batch (:class:`BatchMix`)."""
+                 augmentation: Augmentation | None = None, train_transform=None, val_transform=None):
+        """``batch_size`` None: :func:`auto_batch_size` of the training split. Training batches get
+        ``augmentation`` (:class:`BatchAugment`, on whole batches) when given, else
+        ``train_transform`` image by image."""
         super().__init__()
-        self.prepared_dir, self.split_file, self.mix = prepared_dir, split_file, mix
+        self.prepared_dir, self.split_file, self.augmentation = prepared_dir, split_file, augmentation
         self.batch_size, self.num_workers = batch_size, num_workers
-        self.augment = train_transform or eval_transform()
+        self.augment = v2.Identity() if augmentation else train_transform or eval_transform()
         self.plain = val_transform or eval_transform()  # val and test
         self.data: PreparedData | None = None
 
@@ -64,8 +66,9 @@ class FlowerData(L.LightningDataModule):
                           collate_fn=collate_fn)
 
     def train_dataloader(self) -> DataLoader:
-        mix = BatchMix(len(self.data.classes), self.mix) if self.mix > 0 else None
-        return self._loader("train", shuffle=True, collate_fn=mix)
+        augment = (BatchAugment(self.data.image_size, self.augmentation, len(self.data.classes))
+                   if self.augmentation else None)
+        return self._loader("train", shuffle=True, collate_fn=augment)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
