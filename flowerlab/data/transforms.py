@@ -47,27 +47,28 @@ def describe(name: str, augmentation: Augmentation) -> str:
 
 def crop_boxes(count: int, height: int, width: int, scale: tuple[float, float],
                ratio: tuple[float, float], tries: int = 10) -> torch.Tensor:
-    """``count`` random crop boxes ``(left, top, width, height)`` in pixels, drawn as torchvision's
-    ``RandomResizedCrop`` draws them (area fraction in ``scale``, log-uniform aspect ratio in
-    ``ratio``, the first of ``tries`` draws that fits, else the centred crop of the clamped
-    ratio), for a whole batch at once and with sub-pixel positions."""
-    area = height * width
-    target = torch.empty(count, tries).uniform_(*scale) * area
+    """``count`` random crop boxes ``(left, top, width, height)`` in whole pixels, drawn as
+    torchvision's ``RandomResizedCrop.get_params`` draws them (area fraction in ``scale``,
+    log-uniform aspect ratio in ``ratio``, the first of ``tries`` draws that fits, else the
+    centred crop of the clamped ratio), for a whole batch at once."""
+    target = torch.empty(count, tries).uniform_(*scale) * (height * width)
     aspect = torch.empty(count, tries).uniform_(math.log(ratio[0]), math.log(ratio[1])).exp()
-    w, h = (target * aspect).sqrt(), (target / aspect).sqrt()
-    fits = (w <= width) & (h <= height)
+    w, h = (target * aspect).sqrt().round(), (target / aspect).sqrt().round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
     first = fits.to(torch.uint8).argmax(dim=1, keepdim=True)
     w, h = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0]
     # none fits: the whole image, cut to the nearest allowed aspect ratio (as torchvision does)
-    fallback_w, fallback_h = float(width), float(height)
+    fallback_w, fallback_h = width, height
     if width / height < ratio[0]:
-        fallback_h = width / ratio[0]
+        fallback_h = round(width / ratio[0])
     elif width / height > ratio[1]:
-        fallback_w = height * ratio[1]
+        fallback_w = round(height * ratio[1])
     missed = ~fits.any(dim=1)
     w, h = w.masked_fill(missed, fallback_w), h.masked_fill(missed, fallback_h)
-    position = torch.rand(count, 2).masked_fill(missed[:, None], 0.5)  # the fallback is centred
-    left, top = position[:, 0] * (width - w), position[:, 1] * (height - h)
+    left = (torch.rand(count) * (width - w + 1)).floor().clamp_(max=width - w)
+    top = (torch.rand(count) * (height - h + 1)).floor().clamp_(max=height - h)
+    left = torch.where(missed, ((width - w) / 2).floor(), left)
+    top = torch.where(missed, ((height - h) / 2).floor(), top)
     return torch.stack([left, top, w, h], dim=1)
 
 
