@@ -74,6 +74,76 @@ def test_routing_only_where_it_pays_and_applies() -> None:
     assert not conv._routes(small)  # evaluation and export run the plain convolution
 
 
+def test_bf16_routing_only_under_autocast_on_channels_last_small_maps() -> None:
+    conv = nn.Conv2d(4, 4, 3, padding=1, bias=False)
+    use_gemm_weight_grad(conv)
+    cl = torch.channels_last
+    small = torch.rand(2, 4, 8, 8).contiguous(memory_format=cl)  # 64 output positions
+    large = torch.rand(2, 4, 9, 9).contiguous(memory_format=cl)  # 81
+    assert not conv._routes_bf16(small)  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv._routes_bf16(small) and conv._routes_bf16(small.to(torch.bfloat16))
+        assert not conv._routes_bf16(large)
+        assert not conv._routes_bf16(torch.rand(2, 4, 8, 8))  # contiguous: oneDNN's own path
+        with torch.no_grad():
+            assert not conv._routes_bf16(small)
+        conv.eval()
+        assert not conv._routes_bf16(small)
+    with torch.autocast("cpu", dtype=torch.float16):
+        conv.train()
+        assert not conv._routes_bf16(small)
+
+
+def _bf16_gradients(model: nn.Module, images: torch.Tensor):
+    images = images.clone().requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(images)
+    output.float().square().sum().backward()
+    return output, images.grad, model.weight.grad
+
+
+@pytest.mark.parametrize("stride, size", [(1, 4), (1, 7), (2, 8), (2, 14)])
+def test_bf16_convolution_matches_autocast(stride: int, size: int, monkeypatch) -> None:
+    torch.manual_seed(3)
+    plain = nn.Conv2d(16, 32, 3, stride=stride, padding=1, bias=False)
+    fast = copy.deepcopy(plain)
+    use_gemm_weight_grad(fast)
+    plain, fast = (m.to(memory_format=torch.channels_last) for m in (plain, fast))
+    images = torch.randn(5, 16, size, size).contiguous(memory_format=torch.channels_last)
+    calls = []
+    original = small_maps._ChannelsLastGemmWeightGradConv2d.backward
+    monkeypatch.setattr(small_maps._ChannelsLastGemmWeightGradConv2d, "backward",
+                        staticmethod(lambda ctx, grad: calls.append(1) or original(ctx, grad)))
+    fast_out, fast_input, fast_weight = _bf16_gradients(fast, images)
+    monkeypatch.undo()
+    plain_out, plain_input, plain_weight = _bf16_gradients(plain, images)
+    assert calls == [1]
+    assert fast_out.dtype == torch.bfloat16 and fast_weight.dtype == torch.float32
+    assert fast_weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(fast_out, plain_out)  # the forward is the same oneDNN call
+    torch.testing.assert_close(fast_input, plain_input)  # and so is the input gradient
+    # the weight gradient sums 5 x size^2 bf16 products in another order: bf16 rounding
+    error = (fast_weight - plain_weight).norm() / plain_weight.norm()
+    assert error < 1e-2, error
+
+
+def test_bf16_resnet18_training_step_matches_autocast() -> None:
+    torch.manual_seed(4)
+    plain = resnet18(num_classes=5).train().to(memory_format=torch.channels_last)
+    fast = copy.deepcopy(plain)
+    use_gemm_weight_grad(fast)
+    images = torch.rand(4, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    grads = []
+    for model in (plain, fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(images).float().logsumexp(1).sum()
+        loss.backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():  # layer2's 8x8 maps to layer4: routed
+        error = (grads[1][name] - grad).norm() / grad.norm()
+        assert error < 5e-2, (name, error)
+
+
 def test_layers_it_cannot_take_are_left_alone() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, bias=True), nn.Conv2d(4, 4, 3, groups=2, bias=False),
                           nn.Conv2d(4, 4, 3, dilation=2, bias=False), nn.Conv2d(4, 4, 1, bias=False),

@@ -67,7 +67,7 @@ class FlowerClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
-        use_gemm_weight_grad(self.net)  # CPU fp32 on 1x1 and 2x2 maps: see small_maps
+        use_gemm_weight_grad(self.net)  # CPU: fp32 on 1x1/2x2 maps, bf16 up to 8x8: see small_maps
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
