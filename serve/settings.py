@@ -11,9 +11,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``_BATCH_WAIT_FOR_INCOMING_ONLY``,
-    ``FLOWERLAB_MAX_QUEUE`` and ``FLOWERLAB_REQUEST_TIMEOUT_S``; ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for
-    ``python -m serve``; the drift monitor's ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and
-    ``_DRIFT_THRESHOLD``."""
+    ``FLOWERLAB_INFERENCE_THREADS``, ``FLOWERLAB_MAX_QUEUE`` and ``FLOWERLAB_REQUEST_TIMEOUT_S``;
+    ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``; the drift monitor's
+    ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and ``_DRIFT_THRESHOLD``."""
 
     model_config = SettingsConfigDict(env_prefix="FLOWERLAB_", extra="ignore")
 
@@ -30,6 +30,8 @@ class ServeSettings(BaseSettings):
     # True: it waits only while other requests are still decoding, so a lone request runs at once;
     # False: always the whole window (a fixed delay, e.g. to hold requests in flight in a test).
     batch_wait_for_incoming_only: bool = True
+    # torch threads of the inference thread; unset: all CPUs of the quota but one, kept for decoding.
+    inference_threads: PositiveInt | None = None
     # Jobs waiting for the worker; one more answers 503 with Retry-After.
     max_queue: PositiveInt = 64
     # From the upload read to the answer; past it the request answers 504 and is never computed.

@@ -130,6 +130,37 @@ def test_the_models_run_with_the_quotas_threads(served_root: Path, monkeypatch: 
     assert seen == [1]  # in the worker thread
 
 
+
+@pytest.mark.parametrize("cpus, settings, model_threads", [
+    (3, {}, 2),  # all CPUs of the quota but one: decoding keeps one
+    (2, {}, 1),
+    (1, {}, 1),
+    (2, {"inference_threads": 2}, 2),  # FLOWERLAB_INFERENCE_THREADS
+])
+def test_only_the_worker_runs_torch_on_several_threads(served_root: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      cpus: int, settings: dict, model_threads: int) -> None:
+    """Decoding threads and the event loop's thread run torch on one thread: an OpenMP team in each
+    would oversubscribe the CPUs (see serve.app.single_threaded)."""
+    before, seen = torch.get_num_threads(), {"predict": [], "decode": [], "encode": []}
+    predict, decode = ClassifierPredictor.predict, ClassifierPredictor.decode_request
+    encode = ClassifierPredictor.encode_response
+    monkeypatch.setattr(app_module, "cpu_threads", lambda: cpus)
+    try:
+        with started(served_root, monkeypatch, **settings) as client:
+            assert client.app.state.service.cpu_pool.total_tokens == cpus
+            monkeypatch.setattr(ClassifierPredictor, "predict", lambda self, batch: (
+                seen["predict"].append(torch.get_num_threads()) or predict(self, batch)))
+            monkeypatch.setattr(ClassifierPredictor, "decode_request", lambda self, data: (
+                seen["decode"].append(torch.get_num_threads()) or decode(self, data)))
+            monkeypatch.setattr(ClassifierPredictor, "encode_response", lambda self, p, k: (
+                seen["encode"].append(torch.get_num_threads()) or encode(self, p, k)))  # event loop
+            for image in IMAGES[:3]:
+                assert post(client, image).status_code == 200
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"predict": [model_threads] * 3, "decode": [1] * 3, "encode": [1] * 3}
+
+
 # --- the worker on its own, with a fake model ---
 
 def double(batch: torch.Tensor) -> torch.Tensor:
