@@ -63,16 +63,10 @@ def _channels_last_columns(images: torch.Tensor, kernel: tuple[int, int], stride
     return torch.stack(taps, dim=3).reshape(-1, kernel[0] * kernel[1] * images.shape[1])
 
 
-class _ChannelsLastGemmWeightGradConv2d(torch.autograd.Function):
-    """conv2d of channels_last tensors (no bias, groups 1, dilation 1) whose backward asks oneDNN
-    for the input gradient alone and takes the weight gradient as one matrix product of the
-    channels_last columns; that gradient comes back channels_last, like the weight."""
-
-    @staticmethod
-    def forward(ctx, images, weight, stride, padding):
-        ctx.save_for_backward(images, weight)
-        ctx.stride, ctx.padding = stride, padding
-        return F.conv2d(images, weight, None, stride, padding)
+class _ChannelsLastGemmWeightGradConv2d(_GemmWeightGradConv2d):
+    """The same conv2d, of channels_last tensors, whose backward asks oneDNN for the input
+    gradient alone and takes the weight gradient as one matrix product of the channels_last
+    columns; that gradient comes back channels_last, like the weight."""
 
     @staticmethod
     def backward(ctx, grad):
