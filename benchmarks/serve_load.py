@@ -301,10 +301,12 @@ class ModelTimes:
 
 def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int, threads: int,
                   all_threads: int) -> ModelTimes:
-    """Decode, and the bare forward pass of the artifact the service serves (``choose_classifier``),
-    on the service's inference ``threads`` (batch 1 and 16) and on ``all_threads`` (batch 1)."""
+    """Decode on one torch thread, and the bare forward pass of the artifact the service serves
+    (``choose_classifier``) on the service's inference ``threads`` (batch 1 and 16) and on
+    ``all_threads`` (batch 1)."""
     predictor, _ = choose_classifier(root, loaded, ServeSettings().max_pixels, 16)
     size = predictor.image_size
+    torch.set_num_threads(1)  # as the service's decoding threads run torch
     decode_s = median_seconds(lambda: predictor.decode_request(jpeg), calls)
     forward = []
     for batch, count in ((1, threads), (16, threads), (1, all_threads)):
