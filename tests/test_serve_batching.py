@@ -130,7 +130,6 @@ def test_the_models_run_with_the_quotas_threads(served_root: Path, monkeypatch: 
     assert seen == [1]  # in the worker thread
 
 
-
 @pytest.mark.parametrize("cpus, settings, model_threads", [
     (3, {}, 2),  # all CPUs of the quota but one: decoding keeps one
     (2, {}, 1),

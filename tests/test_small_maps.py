@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,13 +176,14 @@ def test_bf16_weight_gradient_is_as_accurate_as_onednns(channels: int, size: int
     grad = (1e-3 * torch.randn(8, channels, output_size, output_size)).to(torch.bfloat16).contiguous(
         memory_format=cl)
 
-    def weight_grad(dtype: torch.dtype, function=torch.ops.aten.convolution_backward) -> torch.Tensor:
-        return function(grad.to(dtype), images.to(dtype), weight.to(dtype), None, [stride] * 2, [1, 1],
-                        [1, 1], False, [0, 0], 1, [False, True, False])[1]
+    def weight_grad(dtype: torch.dtype) -> torch.Tensor:
+        return torch.ops.aten.convolution_backward(
+            grad.to(dtype), images.to(dtype), weight.to(dtype), None, [stride] * 2, [1, 1], [1, 1],
+            False, [0, 0], 1, [False, True, False])[1]
 
     reference, onednn = weight_grad(torch.float64), weight_grad(torch.bfloat16)
-    ctx = type("Ctx", (), {"saved_tensors": (images, weight), "stride": (stride, stride),
-                           "padding": (1, 1), "needs_input_grad": (False, True)})()
+    ctx = SimpleNamespace(saved_tensors=(images, weight), stride=(stride, stride), padding=(1, 1),
+                          needs_input_grad=(False, True))
     gemm = small_maps._ChannelsLastGemmWeightGradConv2d.backward(ctx, grad)[1]
 
     def error(value: torch.Tensor) -> float:
