@@ -19,7 +19,9 @@ process, one after the other, with the same seed, batch and thread count:
 
 It prints training images/s (forward, backward, AdamW step) and each config's ratio to the
 baseline, and the data-wait share: the time the training DataLoader (the stage's own transforms
-on stored uint8 images) takes to deliver a batch, over that plus the `auto` step time.
+on stored uint8 images) takes to deliver a batch, over that plus the `auto` step time. Where the
+augmentation has TrivialAugmentWide or random erasing, it also prints the wait with torchvision's
+own transforms for those, image by image (what ``flowerlab.data.batched`` replaced).
 """
 
 from __future__ import annotations
@@ -78,9 +80,23 @@ def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last:
     return steps * len(labels) / (time.perf_counter() - start)
 
 
-def batch_seconds(size: int, batch: int, workers: int, batches: int = 12) -> float:
+class PerImageAugment(BatchAugment):
+    """The stage's augmentation with torchvision's TrivialAugmentWide and RandomErasing applied
+    image by image instead of batched."""
+
+    def __init__(self, image_size: int, augmentation, num_classes: int):
+        super().__init__(image_size, augmentation, num_classes)
+        trivial, erase = v2.TrivialAugmentWide(), v2.RandomErasing(p=augmentation.random_erasing)
+        if self.trivial is not None:
+            self.trivial = lambda images: torch.stack([trivial(image) for image in images])
+        if self.erase is not None:
+            self.erase = lambda images: torch.stack([erase(image) for image in images])
+
+
+def batch_seconds(size: int, batch: int, workers: int, batches: int = 12, augment=BatchAugment) -> float:
     """Seconds the training DataLoader takes per batch: the augmentation the train stage picks at
-    ``size`` (``train.augment: auto``), on whole batches as the train stage's loader applies it."""
+    ``size`` (``train.augment: auto``), on whole batches as the train stage's loader applies it
+    (``augment``: :class:`PerImageAugment` for torchvision's transforms image by image)."""
     rng = np.random.default_rng(0)
     count = batch * batches
     data = PreparedData(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
@@ -88,7 +104,7 @@ def batch_seconds(size: int, batch: int, workers: int, batches: int = 12) -> flo
     augmentation = choose_augmentation("auto", size)[1]
     dataset = StoredImages(data, list(range(count)), v2.Identity())
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                        collate_fn=BatchAugment(size, augmentation, CLASSES))
+                        collate_fn=augment(size, augmentation, CLASSES))
     iterator = iter(loader)
     next(iterator)  # worker start-up is paid once per epoch, not per batch
     start = time.perf_counter()
@@ -127,12 +143,15 @@ def main() -> None:
                   for index, (_, cl, bf16, compiled) in enumerate(configs)]
         for (name, *_), speed in zip(configs, speeds):
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
-        wait = batch_seconds(size, batch, args.workers)
         step = batch / speeds[1]
-        preset = choose_augmentation("auto", size)[0]
-        print(f"{size:4d} {batch:5d} data wait ({preset} augmentation, {args.workers} workers): "
-              f"{wait * 1000:.1f} ms per batch, "
-              f"{100 * wait / (wait + step):.1f}% of an auto step")
+        preset, augmentation = choose_augmentation("auto", size)
+        kinds = [("batched", BatchAugment)]
+        if augmentation.trivial_augment or augmentation.random_erasing:
+            kinds.append(("torchvision per image", PerImageAugment))
+        for kind, augment in kinds:
+            wait = batch_seconds(size, batch, args.workers, augment=augment)
+            print(f"{size:4d} {batch:5d} data wait ({preset} augmentation, {kind}, {args.workers} workers): "
+                  f"{wait * 1000:.1f} ms per batch, {100 * wait / (wait + step):.1f}% of an auto step")
 
 
 if __name__ == "__main__":

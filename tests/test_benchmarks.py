@@ -18,6 +18,13 @@ def test_train_speed_prints_the_baseline_and_what_auto_picks() -> None:
     assert "% of an auto step" in out, out
 
 
+def test_train_speed_times_the_batched_and_the_per_image_augmentation() -> None:
+    from benchmarks.train_speed import PerImageAugment, batch_seconds
+
+    assert batch_seconds(64, 4, 0, batches=2) > 0  # 64 px: the strong augmentation
+    assert batch_seconds(64, 4, 0, batches=2, augment=PerImageAugment) > 0
+
+
 def test_decode_speed_prints_full_and_drafted_decodes() -> None:
     out = subprocess.run([sys.executable, "-m", "benchmarks.decode_speed", "--sizes", "64", "--calls", "1"],
                          capture_output=True, text=True, timeout=300, check=True).stdout

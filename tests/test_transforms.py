@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from flowerlab.data.transforms import PRESETS, BatchAugment, choose_augmentation, crop_boxes, resized_crops
+from flowerlab.data.batched import crop_boxes, resized_crops
+from flowerlab.data.transforms import PRESETS, BatchAugment, choose_augmentation
 
 
 @pytest.mark.parametrize(("size", "expected"),
