@@ -63,6 +63,7 @@ class TrainParams:
     random_erasing: float | None = None
     mix: float | None = None  # probability of CutMix or MixUp on a training batch
     patience: int = 20
+    export: str = "auto"  # auto | last | best: flowerlab.trainer.exported_checkpoint
     precision: str = "auto"  # flowerlab.hardware.choose_precision
     channels_last: bool | None = None  # None: flowerlab.hardware.choose_channels_last
     num_workers: int = 0
@@ -125,6 +126,7 @@ _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.pat
 _PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 PROFILERS = ("simple", "advanced", "pytorch")
 AUGMENT_PRESETS = ("auto", "light", "strong")
+EXPORTS = ("auto", "last", "best")
 
 
 def _get(params: Params, dotted: str):
@@ -155,6 +157,8 @@ def validate(params: Params) -> Params:
     if params.train.augment not in AUGMENT_PRESETS:
         raise ConfigError(f"params: 'train.augment' must be one of {AUGMENT_PRESETS}, "
                           f"got {params.train.augment!r}")
+    if params.train.export not in EXPORTS:
+        raise ConfigError(f"params: 'train.export' must be one of {EXPORTS}, got {params.train.export!r}")
     if params.train.crop_scale_min is not None and not 0 < params.train.crop_scale_min <= 1:
         raise ConfigError("params: 'train.crop_scale_min' must be null or in (0, 1]")
     if params.train.random_erasing is not None and not 0 <= params.train.random_erasing <= 1:

@@ -45,6 +45,7 @@ class ClassifierMeta(ModelMeta):
     normalisation: dict[str, object] = Field(description="mean, std, and built_in: true")
     outputs: list[str] = ["logits", "features"]
     best_val_acc: float | None = None
+    weights: str | None = Field(None, description="which epoch's weights: train.export")
 
 
 class ServedClassifierMeta(ClassifierMeta):

@@ -1,4 +1,5 @@
-"""train: fine-tune ResNet18 with Lightning, log with dvclive, export the best model to models/."""
+"""train: fine-tune ResNet18 with Lightning, log with dvclive, export the model to models/ (the last
+epoch's or the best val/acc epoch's weights: ``train.export``)."""
 
 import lightning as L
 import torch
@@ -13,7 +14,7 @@ from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import choose_augmentation, describe
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.hardware import choose_channels_last, choose_precision
-from flowerlab.trainer import checkpoints, make_trainer, resume_from
+from flowerlab.trainer import checkpoints, exported_checkpoint, make_trainer, resume_from
 
 
 def main() -> None:
@@ -37,8 +38,8 @@ def main() -> None:
                              params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
     resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume)
-    trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
-                           [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
+    stopping = EarlyStopping("val/acc", mode="max", patience=train.patience)
+    trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR, [checkpoint, last, stopping,
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
                            name="train", image_size=size, precision=precision,
                            choices={"channels_last": f"{channels_last} ({why})",
@@ -48,14 +49,16 @@ def main() -> None:
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:
-        best = FlowerClassifier.load_from_checkpoint(checkpoint.best_model_path, map_location="cpu",
-                                                     net=ImageClassifier(num_classes))
+        path, weights = exported_checkpoint(train.export, checkpoint, last, stopping)
+        chosen = FlowerClassifier.load_from_checkpoint(path, map_location="cpu",
+                                                       net=ImageClassifier(num_classes))
         meta = ClassifierMeta(architecture="resnet18", classes=data.data.classes, image_size=size,
                               source=data.data.source, best_val_acc=float(checkpoint.best_model_score),
+                              weights=weights,
                               normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})
-        export_program(ExportedClassifier(best.net.float()).to(memory_format=torch.contiguous_format),
+        export_program(ExportedClassifier(chosen.net.float()).to(memory_format=torch.contiguous_format),
                        torch.rand(2, 3, size, size), paths.CLASSIFIER, meta)
-        print(f"exported {paths.CLASSIFIER} (best val/acc {meta.best_val_acc:.4f})")
+        print(f"exported {paths.CLASSIFIER}: {weights}")
 
 
 if __name__ == "__main__":

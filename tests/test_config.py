@@ -66,6 +66,7 @@ def test_missing_keys_take_the_schema_defaults(tmp_path):
     ({"model.freeze_epochs": -1}, "model.freeze_epochs"),
     ({"batch_size": 0}, "batch_size"),
     ({"train.augment": "heavy"}, "train.augment"),
+    ({"train.export": "newest"}, "train.export"),
     ({"train.mix": 1.5}, "train.mix"),
 ])
 def test_bad_params_raise_config_error_naming_the_key(tmp_path, overrides, key):
