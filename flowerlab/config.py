@@ -63,7 +63,7 @@ class TrainParams:
     random_erasing: float | None = None
     mix: float | None = None  # probability of CutMix or MixUp on a training batch
     patience: int = 20
-    export: str = "auto"  # auto | last | best: flowerlab.trainer.exported_checkpoint
+    export: str = "last"  # last | best: flowerlab.trainer.exported_checkpoint
     precision: str = "auto"  # flowerlab.hardware.choose_precision
     channels_last: bool | None = None  # None: flowerlab.hardware.choose_channels_last
     num_workers: int = 0
@@ -126,7 +126,7 @@ _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.pat
 _PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 PROFILERS = ("simple", "advanced", "pytorch")
 AUGMENT_PRESETS = ("auto", "light", "strong")
-EXPORTS = ("auto", "last", "best")
+EXPORTS = ("last", "best")
 
 
 def _get(params: Params, dotted: str):

@@ -49,7 +49,7 @@ def main() -> None:
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:
-        path, weights = exported_checkpoint(train.export, checkpoint, last, stopping)
+        path, weights = exported_checkpoint(train.export, checkpoint, last)
         chosen = FlowerClassifier.load_from_checkpoint(path, map_location="cpu",
                                                        net=ImageClassifier(num_classes))
         meta = ClassifierMeta(architecture="resnet18", classes=data.data.classes, image_size=size,
@@ -58,7 +58,7 @@ def main() -> None:
                               normalisation={"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "built_in": True})
         export_program(ExportedClassifier(chosen.net.float()).to(memory_format=torch.contiguous_format),
                        torch.rand(2, 3, size, size), paths.CLASSIFIER, meta)
-        print(f"exported {paths.CLASSIFIER}: {weights}")
+        print(f"exported {paths.CLASSIFIER}: {weights} weights (best val/acc {meta.best_val_acc:.4f})")
 
 
 if __name__ == "__main__":

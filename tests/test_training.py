@@ -228,21 +228,14 @@ def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_whole(tmp_p
     assert torch.load(path, weights_only=True) == {"epoch": 1}
 
 
-def test_export_picks_the_last_epoch_unless_early_stopping_ended_training(tmp_path) -> None:
-    from lightning.pytorch.callbacks import EarlyStopping
-
+def test_export_picks_the_last_or_the_best_checkpoint(tmp_path) -> None:
     from flowerlab.trainer import LAST, checkpoints, exported_checkpoint
 
     best, last = checkpoints(str(tmp_path), "val/acc", "max")
     best.best_model_path, best.best_model_score = str(tmp_path / "best.ckpt"), torch.tensor(0.9)
-    stopping = EarlyStopping("val/acc", mode="max", patience=3)
-    path, why = exported_checkpoint("auto", best, last, stopping)
-    assert path == str(tmp_path / LAST) and why == "last epoch (training ran its whole schedule)"
-    assert exported_checkpoint("best", best, last, stopping)[0] == best.best_model_path
-    stopping.stopped_epoch = 12
-    path, why = exported_checkpoint("auto", best, last, stopping)
-    assert path == best.best_model_path and "0.9000" in why and "epoch 12" in why
-    assert exported_checkpoint("last", best, last, stopping)[0] == str(tmp_path / LAST)
+    assert exported_checkpoint("last", best, last) == (str(tmp_path / LAST), "the last epoch's")
+    path, what = exported_checkpoint("best", best, last)
+    assert path == best.best_model_path and what == "the best val/acc epoch's (0.9000)"
 
 
 @pytest.mark.slow
@@ -259,7 +252,7 @@ def test_the_last_checkpoint_holds_the_weights_training_ended_with(tmp_path) -> 
     run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), 3, str(tmp_path / "live"),
                        [best, last, stopping], name="train")
     run.fit(model, tiny_loader(), tiny_loader())
-    path, _ = exported_checkpoint("auto", best, last, stopping)
+    path, _ = exported_checkpoint("last", best, last)
     saved = FlowerClassifier.load_from_checkpoint(path, map_location="cpu", net=ImageClassifier(4))
     for (name, a), b in zip(model.state_dict().items(), saved.state_dict().values()):
         assert torch.equal(a, b), name
