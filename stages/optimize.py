@@ -1,8 +1,7 @@
 """optimize: the fastest inference artifact of the trained classifier that keeps its val accuracy."""
 
 from flowerlab import paths
-from flowerlab.classifier.module import FlowerClassifier
-from flowerlab.classifier.network import ImageClassifier
+from flowerlab.classifier.network import network_of
 from flowerlab.classifier.optimize import (
     TIMED_BATCHES,
     build_candidates,
@@ -19,19 +18,15 @@ from flowerlab.export import ClassifierMeta, ServedClassifierMeta, load_model, s
 from flowerlab.files import write_json
 from flowerlab.hardware import cpu_flags, cpu_model
 
-BEST_CHECKPOINT = f"{paths.CLASSIFIER_CHECKPOINTS}/best.ckpt"
-
 
 def main() -> None:
     params = load_params(paths.PARAMS)
     exported, meta = load_model(paths.CLASSIFIER, ClassifierMeta)
-    # The eager network the program was exported from: FX quantization and tracing need modules.
-    best = FlowerClassifier.load_from_checkpoint(BEST_CHECKPOINT, map_location="cpu",
-                                                 net=ImageClassifier(len(meta.classes)))
+    net = network_of(exported, len(meta.classes))  # the eager network, with the exported weights
     data, split = load_prepared(paths.PREPARED_DIR), load_split(paths.SPLIT_FILE)
     picked = calibration_indices(split["train"], params.optimize.calibration_images)
     calibration = (data.tensors(picked)[0].float() / 255).split(32)  # the eval transform: uint8 / 255
-    candidates, skipped = build_candidates(exported, best.net, calibration, cpu_flags())
+    candidates, skipped = build_candidates(exported, net, calibration, cpu_flags())
     measured = measure(candidates, *data.tensors(split["val"]))
     chosen, reason = choose_artifact(measured, params.optimize.max_accuracy_drop, TIMED_BATCHES[-1])
 

@@ -114,6 +114,27 @@ def test_served_file_round_trips_with_its_metadata(trained: ImageClassifier, tmp
             assert torch.equal(loaded(batch)[0], script(batch)[0])
 
 
+def test_the_network_inside_an_exported_program_has_its_weights(trained: ImageClassifier,
+                                                                 tmp_path: Path) -> None:
+    """optimize quantizes the network the program holds, not a checkpoint: train may have exported
+    the last epoch's weights or the best one's."""
+    from flowerlab.classifier.network import network_of
+    from flowerlab.export import ClassifierMeta, export_program, load_model
+
+    images = colour_images(4, seed=7)[0].float() / 255
+    meta = ClassifierMeta(architecture="resnet18", classes=["a", "b", "c"], image_size=SIZE, source="test",
+                          normalisation={"built_in": True})
+    export_program(ExportedClassifier(trained), images[:2], tmp_path / "classifier.pt2", meta)
+    program, _ = load_model(tmp_path / "classifier.pt2", ClassifierMeta)
+    net = network_of(program, CLASSES)
+    for (name, a), b in zip(trained.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        assert torch.allclose(net(images), program(images)[0], atol=1e-5)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        network_of(program, CLASSES + 1)
+
+
 def fake(accuracy: float, b1: float, b16: float) -> Measurement:
     return Measurement(accuracy, {1: b1, 16: b16})
 

@@ -76,3 +76,14 @@ class ExportedClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.classifier.features(images)
         return self.classifier.head(features), features
+
+
+def network_of(program: nn.Module, num_classes: int) -> ImageClassifier:
+    """The eager network inside a loaded exported classifier program (``export.load_model``), with
+    the program's own weights: FX quantization and tracing need modules, and the weights must be
+    the ones ``train`` exported, whichever epoch's they are."""
+    prefix = "classifier."
+    state = {name.removeprefix(prefix): value for name, value in program.state_dict().items()}
+    net = ImageClassifier(num_classes)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
