@@ -38,8 +38,8 @@ def main() -> None:
                              params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
     resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume)
-    stopping = EarlyStopping("val/acc", mode="max", patience=train.patience)
-    trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR, [checkpoint, last, stopping,
+    trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
+                           [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
                            name="train", image_size=size, precision=precision,
                            choices={"channels_last": f"{channels_last} ({why})",

@@ -65,8 +65,9 @@ def crop_boxes(count: int, height: int, width: int, scale: tuple[float, float],
 
 
 def affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """``F.affine_grid(theta, (N, C, height, width), align_corners=False)`` computed elementwise:
-    its batched matrix product with an inner size of 3 took longer than the ``grid_sample``."""
+    """``F.affine_grid(theta, (N, C, height, width), align_corners=False)`` computed elementwise
+    rather than as its batched matrix product with an inner size of 3: 0.51 against 1.33 ms for 16
+    grids at 224 px, 0.37 against 0.91 ms for 32 at 128 px (2-core AMX Xeon, medians)."""
     xs = torch.linspace(-1.0, 1.0, width) * ((width - 1) / width)
     ys = torch.linspace(-1.0, 1.0, height)[:, None] * ((height - 1) / height)
     t = theta[:, :, :, None, None]  # (N, 2, 3, 1, 1)
@@ -163,8 +164,8 @@ def _affine(images: torch.Tensor, matrices: list[list[float]]) -> torch.Tensor:
 
 def _sharpness(images: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
     """torchvision's ``adjust_sharpness`` with one factor per image. Its 3x3 blur (weights 1/13,
-    the centre 5/13, the border left alone) is a separable box sum plus 4 centres here: its
-    depthwise ``conv2d`` took 0.66 ms an image at 128 px, ``avg_pool2d`` 0.2 ms."""
+    the centre 5/13, the border left alone) is a separable box sum plus 4 centres here: for 32
+    images at 128 px its depthwise ``conv2d`` took 0.66 ms an image, ``avg_pool2d`` 0.48, this 0.17."""
     out = images.float()
     rows = out[..., :, :-2] + out[..., :, 1:-1] + out[..., :, 2:]
     inner = out[..., 1:-1, 1:-1]
@@ -181,9 +182,7 @@ def _posterize(images: torch.Tensor, bits: torch.Tensor) -> torch.Tensor:
 
 
 def _solarize(images: torch.Tensor, magnitudes: torch.Tensor) -> torch.Tensor:
-    # a uint8 value is >= a float threshold when it is >= its ceiling: compare in int16, not float
-    threshold = (255.0 * magnitudes).ceil_().to(torch.int16).view(-1, 1, 1, 1)
-    return torch.where(images.to(torch.int16) >= threshold, 255 - images, images)
+    return torch.where(images >= (255.0 * magnitudes).view(-1, 1, 1, 1), 255 - images, images)
 
 
 def _matrix(name: str, magnitude: float, height: int, width: int) -> list[float]:
