@@ -209,6 +209,42 @@ def test_resuming_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypat
         assert torch.equal(a, b), name
 
 
+def test_resuming_in_another_memory_layout_steps_as_resuming_in_the_same(tmp_path, monkeypatch) -> None:
+    # Fused AdamW on CPU steps raw memory: state saved from contiguous weights and restored into
+    # channels_last ones (train.channels_last changed, or auto chose otherwise on another machine)
+    # must be given the new layout, or each weight is updated with another weight's moments.
+    from flowerlab.config import TrainParams
+    from flowerlab.trainer import checkpoints, make_trainer, resume_from
+
+    monkeypatch.chdir(tmp_path)
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.rand(24, 3, 32, 32, generator=generator), torch.arange(24) % 4
+
+    def fit(folder: str, channels_last: bool, epochs: int, resume: bool) -> FlowerClassifier:
+        L.seed_everything(0)
+        model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-2, channels_last=channels_last)
+        best, last = checkpoints(folder, "val/acc", "max")
+        start = resume_from(folder, resume)
+        run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, f"live-{folder}",
+                           [best, last], name="train")
+        run.fit(model, DataLoader(TensorDataset(images, labels), batch_size=8),
+                DataLoader(TensorDataset(images, labels), batch_size=8), ckpt_path=start)
+        return model
+
+    for folder in ("same", "other"):
+        fit(folder, channels_last=False, epochs=1, resume=False)
+    same = fit("same", channels_last=False, epochs=3, resume=True)
+    other = fit("other", channels_last=True, epochs=3, resume=True)
+    optimizer = other.trainer.optimizers[0]
+    for param in (p for group in optimizer.param_groups for p in group["params"]):
+        for value in optimizer.state[param].values():
+            if value.shape == param.shape:
+                assert value.stride() == param.stride()
+    assert other.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for (name, a), b in zip(same.state_dict().items(), other.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-4), name
+
+
 def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_whole(tmp_path, monkeypatch) -> None:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
