@@ -37,10 +37,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import io
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,54 +53,21 @@ import aiohttp
 import httpx
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
 from flowerlab import paths
 from flowerlab.hardware import cpu_model
 from serve.batching import cpu_threads, inference_threads
-from serve.predictor import choose_classifier
+from serve.predictor import PHOTO_SIZE, choose_classifier, median_seconds, photo_jpeg
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, load_artifacts
 from serve.settings import ServeSettings
 
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = ("naive", "service", "litserve")
-PHOTO_SIZE = (500, 375)
 NUM_CLASSES = 102  # as the flowers data set, for --image-size
 STARTUP_SECONDS = 180  # importing torch and loading (exporting) a model on a busy 2-core machine
 REQUEST_TIMEOUT_S = 60.0
 GOAL_CONCURRENCY = 16
 LITSERVE_MISSING = "litserve: skipped, litserve is not installed (pip install -r requirements-bench.txt)"
-
-
-def photo_jpeg(size: tuple[int, int] = PHOTO_SIZE, seed: int = 0) -> bytes:
-    """A deterministic photo-sized JPEG (quality 90): smooth gradients, a few shapes, mild noise."""
-    width, height = size
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    red = 255 * x / width
-    green = 255 * (0.5 + 0.5 * np.sin(x / 37 + y / 53))
-    blue = 255 * y / height
-    pixels = np.stack([red, green, blue], axis=-1)
-    pixels += np.random.default_rng(seed).normal(0, 6, pixels.shape)
-    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(image)
-    draw.ellipse((150, 80, 350, 290), fill=(230, 60, 120), outline=(250, 240, 40), width=6)
-    draw.ellipse((225, 155, 275, 215), fill=(250, 210, 30))
-    draw.rectangle((20, 300, 140, 360), fill=(40, 140, 50))
-    draw.polygon([(400, 40), (480, 160), (330, 150)], fill=(90, 60, 200))
-    buffer = io.BytesIO()
-    image.save(buffer, "JPEG", quality=90)
-    return buffer.getvalue()
-
-
-def median_seconds(function: Callable[[], object], calls: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --- servers ---------------------------------------------------------------------------------------
@@ -290,6 +255,8 @@ class ModelTimes:
     image_size: int
     artifact: str  # what the service serves: the optimize stage's pick, or "exported"
     decode_s: float  # the JPEG, as the service decodes and resizes an upload
+    threads: int  # the service's inference threads, chosen as it chooses them
+    threads_reason: str
     forward_1_s: float  # the program alone, on float images, with the service's inference threads
     forward_16_s: float
     forward_1_all_s: float  # batch 1 on every CPU
@@ -299,22 +266,35 @@ class ModelTimes:
         return min(self.forward_1_s, self.forward_1_all_s)
 
 
-def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int, threads: int,
+def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int,
                   all_threads: int) -> ModelTimes:
-    """Decode on one torch thread, and the bare forward pass of the artifact the service serves
-    (``choose_classifier``) on the service's inference ``threads`` (batch 1 and 16) and on
-    ``all_threads`` (batch 1)."""
-    predictor, _ = choose_classifier(root, loaded, ServeSettings().max_pixels, 16)
+    """Decode on one torch thread; the service's choice of inference threads, from the costs it
+    measures at startup; and the bare forward pass of the artifact the service serves
+    (``choose_classifier``) on those threads (batch 1 and 16) and on ``all_threads`` (batch 1)."""
+    settings = ServeSettings()
+    predictor, _ = choose_classifier(root, loaded, settings.max_pixels, settings.max_batch)
     size = predictor.image_size
-    torch.set_num_threads(1)  # as the service's decoding threads run torch
+    torch.set_num_threads(1)  # as the service's decoding threads run torch, and it measures costs
     decode_s = median_seconds(lambda: predictor.decode_request(jpeg), calls)
+    if settings.inference_threads:
+        threads, reason = settings.inference_threads, "set by FLOWERLAB_INFERENCE_THREADS"
+    else:
+        threads, reason = inference_threads(all_threads, *predictor.measure_costs(settings.max_batch))
     forward = []
     for batch, count in ((1, threads), (16, threads), (1, all_threads)):
         torch.set_num_threads(count)
         images = torch.rand(batch, 3, size, size)
         with torch.inference_mode():
             forward.append(median_seconds(lambda images=images: predictor.module(images), calls))
-    return ModelTimes(predictor.num_classes, size, predictor.artifact, decode_s, *forward)
+    return ModelTimes(predictor.num_classes, size, predictor.artifact, decode_s, threads, reason, *forward)
+
+
+def service_threads(url: str) -> int:
+    """The inference threads the running service chose (its ``flowerlab_inference_threads`` gauge)."""
+    for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
+        if line.startswith("flowerlab_inference_threads "):
+            return int(float(line.split()[1]))
+    raise RuntimeError("the service's /metrics has no flowerlab_inference_threads")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -356,10 +336,11 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
             raise SystemExit(f"{error}\n(or pass --image-size 224 to serve an untrained model)") from None
 
         cpus = cpu_threads()
-        threads = inference_threads(cpus)  # as the service's inference thread has
-        model = measure_model(root, loaded, jpeg, args.forward_calls, threads, cpus)
+        model = measure_model(root, loaded, jpeg, args.forward_calls, cpus)
+        threads = model.threads
         print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, torch threads: service {threads} for the model "
               f"and {cpus} decoding, litserve {cpus}, naive torch's default")
+        print(f"service's inference threads, as it chooses them: {threads}: {model.threads_reason}")
         print(f"model: {root / paths.CLASSIFIER} md5 {loaded.md5}, {model.num_classes} classes, "
               f"{model.image_size} px{' (untrained)' if args.image_size is not None else ''}")
         print(f"upload: {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90, {len(jpeg)} bytes; decode + resize "
@@ -380,6 +361,8 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
                 if name == "naive":
                     naive_threads = httpx.get(url + "/ready", timeout=5).json()["torch_threads"]
                     print(f"naive: {naive_threads} torch threads", flush=True)
+                if name == "service":
+                    print(f"service: inference on {service_threads(url)} torch threads", flush=True)
                 if args.warmup > 0:
                     measure(name, url, jpeg, max(args.concurrency), args.warmup)
                 for concurrency in args.concurrency:

@@ -41,6 +41,7 @@ from serve.monitoring import (
     DECODE_SECONDS,
     GENERATED_SAMPLES,
     GENERATION_SECONDS,
+    INFERENCE_THREADS,
     PREDICTION_SECONDS,
     RECONSTRUCTION_SECONDS,
     RequestMetrics,
@@ -102,6 +103,7 @@ class Service:
     worker: InferenceWorker  # runs every model call, in batches
     cpu_pool: CapacityLimiter  # threads decoding uploads and encoding PNGs at once
     drift: DriftMonitor  # /predict's recent inputs and confidences against the training reference
+    threads_reason: str  # why the inference thread runs torch on worker.threads threads
 
 
 def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what: str) -> Any:
@@ -117,8 +119,9 @@ def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what:
 
 def build_service(settings: ServeSettings, threads: int) -> Service:
     """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError.
-    ``threads``: the CPUs of the quota: the width of the pool that decodes uploads, and all but one
-    of them (``inference_threads``) for the inference thread, unless set."""
+    ``threads``: the CPUs of the quota: the width of the pool that decodes uploads; the inference
+    thread's count, unless set, is ``inference_threads``' choice from the classifier's and a photo's
+    decode costs, measured here after the warm-up."""
     loaded = load_artifacts(settings.root)
     classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
     predictor, fallback_reason = choose_classifier(settings.root, classifier, settings.max_pixels,
@@ -141,15 +144,20 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
                               artifact=predictor.artifact, fallback_reason=fallback_reason)
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
+    if settings.inference_threads:
+        model_threads, threads_reason = settings.inference_threads, "set by FLOWERLAB_INFERENCE_THREADS"
+    else:
+        costs = predictor.measure_costs(settings.max_batch) if threads > 1 else (None, None)
+        model_threads, threads_reason = inference_threads(threads, *costs)
+    INFERENCE_THREADS.set(model_threads)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue,
-                             settings.inference_threads or inference_threads(threads),
-                             wait_only_for_incoming=settings.batch_wait_for_incoming_only)
+                             model_threads, wait_only_for_incoming=settings.batch_wait_for_incoming_only)
     reference, no_reference = load_reference(settings.root)
     if no_reference:
         logger.info("drift monitoring is off: %s", no_reference)
     drift = DriftMonitor(reference, settings.drift_window, settings.drift_min_samples,
                          settings.drift_threshold, no_reference)
-    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift)
+    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift, threads_reason)
 
 
 @asynccontextmanager
@@ -168,9 +176,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError(f"refusing to start: {error}") from None
     service.worker.start()
     app.state.service = service
-    logger.info("%d CPUs: inference on %d torch threads, %d decoding threads; batches of up to %d, "
-                "%.1f ms wait, %d queued at most", threads, service.worker.threads, threads,
-                settings.max_batch, settings.batch_wait_ms, settings.max_queue)
+    logger.info("%d CPUs: inference on %d torch threads (%s), %d decoding threads; batches of up to "
+                "%d, %.1f ms wait, %d queued at most", threads, service.worker.threads,
+                service.threads_reason, threads, settings.max_batch, settings.batch_wait_ms,
+                settings.max_queue)
     served = service.ready.served
     logger.info("serving %s (%s, md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
                 served.path, served.artifact, served.md5, VAE_ENCODER.path, service.ready.vae.encoder.md5,

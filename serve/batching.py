@@ -48,14 +48,38 @@ def cpu_threads(cpu_max: Path = CGROUP_CPU_MAX) -> int:
     return available
 
 
-def inference_threads(cpus: int) -> int:
-    """torch threads for the inference thread, given ``cpus``: all but one, which decoding keeps.
+# The rest of a request besides the model and its decode: HTTP, multipart parsing and thread
+# hand-offs, about 2 ms measured at concurrency 1 on an AMX Xeon ("Serving" in the README).
+REQUEST_OVERHEAD_S = 0.002
+# The model gets every CPU when one image costs it at least this many times the rest of a request.
+ALL_CPUS_COST_RATIO = 2.0
 
-    Decoding threads run beside the model; had it every CPU, its OpenMP team would wait at each
-    op's barrier for a member the decoders took the CPU from. On an AMX Xeon (2 cores),
-    ``benchmarks/serve_load.py``-style load at concurrency 16 (int8 ResNet18, 224 px, alternating
-    runs): 207-212 requests/s with the model on 1 thread, 143-159 on 2."""
-    return max(1, cpus - 1)
+
+def inference_threads(cpus: int, model_s: float | None = None,
+                      decode_s: float | None = None) -> tuple[int, str]:
+    """torch threads for the inference thread, given ``cpus``, and why.
+
+    ``model_s``: the classifier's time per image at the largest batch on one thread; ``decode_s``:
+    a photo-sized upload's decode on one thread (both measured at startup; None: unknown).
+    Decoding threads run beside the model. Where the model is the smaller cost, it runs on all
+    CPUs but one, which decoding keeps: had it every CPU, its OpenMP team would wait at each op's
+    barrier for a member the decoders took the CPU from. On an AMX Xeon (2 cores; int8 ResNet18 at
+    224 px, 3.4 ms an image on one thread, decode 2.4 ms), ``benchmarks/serve_load.py``-style load at
+    concurrency 16 gave 207-212 requests/s with the model on 1 thread and 143-159 on 2. Where the
+    model dominates, that one CPU is worth more to it: on an AVX2-only EPYC (2 cores; the same
+    model at 23.8 ms an image, decode 1.8 ms) it gave 64.2 requests/s on 2 threads and 40.0 on 1.
+    """
+    if cpus <= 1:
+        return 1, "1 CPU"
+    if model_s is None or decode_s is None:
+        return cpus - 1, "all CPUs but one, which decoding keeps (model cost not measured)"
+    rest = decode_s + REQUEST_OVERHEAD_S
+    costs = (f"the model takes {1000 * model_s:.2f} ms an image on one thread, the rest of a request "
+             f"about {1000 * rest:.2f} ms (decode {1000 * decode_s:.2f} + {1000 * REQUEST_OVERHEAD_S:.0f})")
+    if model_s >= ALL_CPUS_COST_RATIO * rest:
+        return cpus, f"all CPUs: {costs}, so the model costs {model_s / rest:.1f}x the rest"
+    return cpus - 1, (f"all CPUs but one, which decoding keeps: {costs}, so the model costs "
+                       f"{model_s / rest:.1f}x the rest, under {ALL_CPUS_COST_RATIO:g}x")
 
 
 def use_torch_threads(count: int) -> None:

@@ -3,7 +3,7 @@ rejected inputs by reason, and the inference worker's queue depth, batch sizes a
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 from starlette.responses import Response
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -32,6 +32,8 @@ INFERENCE_SECONDS = Histogram("flowerlab_inference_seconds", "Time of one batche
 DECODE_SECONDS = Histogram("flowerlab_decode_seconds",
                            "Time to decode and preprocess one upload, in the thread pool", ["kind"],
                            buckets=LATENCY_BUCKETS)
+INFERENCE_THREADS = Gauge("flowerlab_inference_threads",
+                          "torch threads of the inference worker (chosen at startup, see serve.batching)")
 EXPIRED_JOBS = Counter("flowerlab_inference_expired",
                        "Jobs dropped from a batch, not computed: deadline passed or request gone", ["kind"])
 REJECTED = Counter("flowerlab_rejected_inputs", "Requests rejected for their input, by reason", ["reason"])

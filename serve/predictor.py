@@ -14,11 +14,15 @@ import base64
 import io
 import logging
 import secrets
+import statistics
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from flowerlab.export import ClassifierMeta, VaeMeta
 from flowerlab.imaging import (
@@ -95,6 +99,41 @@ def resized_pixels(image_size: tuple[int, int], size: int) -> int:
     return size * (size * long // max(short, 1))
 
 
+PHOTO_SIZE = (500, 375)  # a phone photo as uploads commonly are, once resized by the client
+
+
+def photo_jpeg(size: tuple[int, int] = PHOTO_SIZE, seed: int = 0) -> bytes:
+    """A deterministic photo-sized JPEG (quality 90): smooth gradients, a few shapes, mild noise."""
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    red = 255 * x / width
+    green = 255 * (0.5 + 0.5 * np.sin(x / 37 + y / 53))
+    blue = 255 * y / height
+    pixels = np.stack([red, green, blue], axis=-1)
+    pixels += np.random.default_rng(seed).normal(0, 6, pixels.shape)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((150, 80, 350, 290), fill=(230, 60, 120), outline=(250, 240, 40), width=6)
+    draw.ellipse((225, 155, 275, 215), fill=(250, 210, 30))
+    draw.rectangle((20, 300, 140, 360), fill=(40, 140, 50))
+    draw.polygon([(400, 40), (480, 160), (330, 150)], fill=(90, 60, 200))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def median_seconds(function: Callable[[], object], calls: int, warmup: int = 2) -> float:
+    """The median wall time of ``calls`` calls of ``function``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 class ClassifierPredictor:
     """Classify uploaded image bytes with an exported classifier; built once at startup."""
 
@@ -149,6 +188,14 @@ class ClassifierPredictor:
         """uint8 images (N, 3, S, S) -> class probabilities (N, C); as evaluation, /255 then softmax."""
         logits, _features = self.module(images.float() / 255)
         return logits.softmax(dim=1)
+
+    def measure_costs(self, batch: int, calls: int = 3) -> tuple[float, float]:
+        """Seconds per image of ``predict`` on a batch of ``batch``, and of decoding a photo-sized
+        JPEG (:func:`photo_jpeg`), on this thread's torch threads: medians of ``calls`` calls."""
+        blank = torch.zeros(batch, 3, self.image_size, self.image_size, dtype=torch.uint8)
+        model_s = median_seconds(lambda: self.predict(blank), calls) / batch
+        jpeg = photo_jpeg()
+        return model_s, median_seconds(lambda: self.decode_request(jpeg), max(calls, 5))
 
     def encode_response(self, probabilities: torch.Tensor, k: int) -> PredictResponse:
         """One image's probabilities (C,) -> the top ``k`` classes, most probable first."""

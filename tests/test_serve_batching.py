@@ -22,7 +22,14 @@ from prometheus_client import REGISTRY
 
 from serve import app as app_module
 from serve.app import create_app
-from serve.batching import DeadlineExceeded, InferenceWorker, QueueFull, WorkerStopped, cpu_threads
+from serve.batching import (
+    DeadlineExceeded,
+    InferenceWorker,
+    QueueFull,
+    WorkerStopped,
+    cpu_threads,
+    inference_threads,
+)
 from serve.predictor import ClassifierPredictor, VaePredictor
 from tests.builders import CLASSES, encode_image, noise_image
 
@@ -130,23 +137,73 @@ def test_the_models_run_with_the_quotas_threads(served_root: Path, monkeypatch: 
     assert seen == [1]  # in the worker thread
 
 
-@pytest.mark.parametrize("cpus, settings, model_threads", [
-    (3, {}, 2),  # all CPUs of the quota but one: decoding keeps one
-    (2, {}, 1),
-    (1, {}, 1),
-    (2, {"inference_threads": 2}, 2),  # FLOWERLAB_INFERENCE_THREADS
+# Per-image model cost and decode cost measured at startup (seconds), as on the two CPUs the rule
+# was measured on: int8 ResNet18 at 224 px on an AMX Xeon, and on an AVX2-only EPYC.
+AMX_COSTS, AVX2_COSTS = (0.00336, 0.00238), (0.0238, 0.00181)
+
+
+@pytest.mark.parametrize("cpus, costs, expected", [
+    (2, AMX_COSTS, 1),  # the model the smaller cost: decoding keeps a CPU
+    (2, AVX2_COSTS, 2),  # the model dominates: it gets both
+    (4, AMX_COSTS, 3),
+    (4, AVX2_COSTS, 4),
+    (1, AVX2_COSTS, 1),
+    (3, (None, None), 2),  # not measured: all but one
+])
+def test_inference_threads_follow_the_measured_costs(cpus: int, costs: tuple, expected: int) -> None:
+    threads, reason = inference_threads(cpus, *costs)
+    assert threads == expected
+    assert reason
+
+
+def test_the_model_gets_every_cpu_from_twice_the_rest_of_a_request() -> None:
+    decode = 0.001  # the rest: decode + 2 ms of HTTP = 3 ms
+    assert inference_threads(2, 0.0061, decode)[0] == 2
+    assert inference_threads(2, 0.0059, decode)[0] == 1
+
+
+def test_startup_measures_the_costs_it_chooses_the_threads_from(served_root: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = []
+    measure = ClassifierPredictor.measure_costs
+    monkeypatch.setattr(ClassifierPredictor, "measure_costs", lambda self, batch: (
+        measured.append((batch, measure(self, batch))) or measured[-1][1]))
+    monkeypatch.setattr(app_module, "cpu_threads", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        with started(served_root, monkeypatch, max_batch=5) as client:
+            service = client.app.state.service
+            assert post(client, IMAGES[0]).status_code == 200
+            [(batch, (model_s, decode_s))] = measured
+            assert batch == 5 and 0 < model_s < 5 and 0 < decode_s < 5
+            assert (service.worker.threads, service.threads_reason) == inference_threads(2, model_s, decode_s)
+            assert f"flowerlab_inference_threads {service.worker.threads:.1f}" in client.get("/metrics").text
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("cpus, settings, costs, model_threads", [
+    (3, {}, AMX_COSTS, 2),  # all CPUs of the quota but one: decoding keeps one
+    (2, {}, AMX_COSTS, 1),
+    (2, {}, AVX2_COSTS, 2),  # a model that costs far more than decoding gets every CPU
+    (1, {}, AVX2_COSTS, 1),
+    (2, {"inference_threads": 2}, AMX_COSTS, 2),  # FLOWERLAB_INFERENCE_THREADS
+    (2, {"inference_threads": 1}, AVX2_COSTS, 1),
 ])
 def test_only_the_worker_runs_torch_on_several_threads(served_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      cpus: int, settings: dict, model_threads: int) -> None:
+                                                      cpus: int, settings: dict, costs: tuple,
+                                                      model_threads: int) -> None:
     """Decoding threads and the event loop's thread run torch on one thread: an OpenMP team in each
     would oversubscribe the CPUs (see serve.app.single_threaded)."""
     before, seen = torch.get_num_threads(), {"predict": [], "decode": [], "encode": []}
     predict, decode = ClassifierPredictor.predict, ClassifierPredictor.decode_request
     encode = ClassifierPredictor.encode_response
     monkeypatch.setattr(app_module, "cpu_threads", lambda: cpus)
+    monkeypatch.setattr(ClassifierPredictor, "measure_costs", lambda self, batch: costs)
     try:
         with started(served_root, monkeypatch, **settings) as client:
             assert client.app.state.service.cpu_pool.total_tokens == cpus
+            assert client.get("/metrics").text.count(f"flowerlab_inference_threads {model_threads:.1f}") == 1
             monkeypatch.setattr(ClassifierPredictor, "predict", lambda self, batch: (
                 seen["predict"].append(torch.get_num_threads()) or predict(self, batch)))
             monkeypatch.setattr(ClassifierPredictor, "decode_request", lambda self, data: (
