@@ -30,7 +30,8 @@ class ServeSettings(BaseSettings):
     # True: it waits only while other requests are still decoding, so a lone request runs at once;
     # False: always the whole window (a fixed delay, e.g. to hold requests in flight in a test).
     batch_wait_for_incoming_only: bool = True
-    # torch threads of the inference thread; unset: all CPUs of the quota but one, kept for decoding.
+    # torch threads of the inference thread; unset: chosen at startup from the model's and a photo's
+    # decode costs (serve.batching.inference_threads): every CPU of the quota, or all but one.
     inference_threads: PositiveInt | None = None
     # Jobs waiting for the worker; one more answers 503 with Retry-After.
     max_queue: PositiveInt = 64
