@@ -193,7 +193,7 @@ class ClassifierPredictor:
         """Seconds per image of ``predict`` on a batch of ``batch``, and of decoding a photo-sized
         JPEG (:func:`photo_jpeg`), on this thread's torch threads: medians of ``calls`` calls."""
         blank = torch.zeros(batch, 3, self.image_size, self.image_size, dtype=torch.uint8)
-        model_s = median_seconds(lambda: self.predict(blank), calls) / batch
+        model_s = median_seconds(lambda: self.predict(blank), calls, warmup=0) / batch  # warm already
         jpeg = photo_jpeg()
         return model_s, median_seconds(lambda: self.decode_request(jpeg), max(calls, 5))
 
