@@ -241,8 +241,10 @@ def test_resuming_in_another_memory_layout_steps_as_resuming_in_the_same(tmp_pat
             if value.shape == param.shape:
                 assert value.stride() == param.stride()
     assert other.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    # The layouts run different kernels, so rounding differs: up to about 1e-4 in a batch norm's
+    # running mean on an AVX2-only EPYC. Wrong moments put conv1's weights off by about 1e-2.
     for (name, a), b in zip(same.state_dict().items(), other.state_dict().values()):
-        assert torch.allclose(a, b, atol=1e-4), name
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-3), name
 
 
 def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_whole(tmp_path, monkeypatch) -> None:
