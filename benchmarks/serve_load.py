@@ -56,7 +56,7 @@ import torch
 
 from flowerlab import paths
 from flowerlab.hardware import cpu_model
-from serve.batching import cpu_threads, inference_threads
+from serve.batching import choose_inference_threads, cpu_threads
 from serve.predictor import PHOTO_SIZE, choose_classifier, median_seconds, photo_jpeg
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, load_artifacts
 from serve.settings import ServeSettings
@@ -276,10 +276,8 @@ def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int,
     size = predictor.image_size
     torch.set_num_threads(1)  # as the service's decoding threads run torch, and it measures costs
     decode_s = median_seconds(lambda: predictor.decode_request(jpeg), calls)
-    if settings.inference_threads:
-        threads, reason = settings.inference_threads, "set by FLOWERLAB_INFERENCE_THREADS"
-    else:
-        threads, reason = inference_threads(all_threads, *predictor.measure_costs(settings.max_batch))
+    threads, reason = choose_inference_threads(all_threads, settings.inference_threads,
+                                               lambda: predictor.measure_costs(settings.max_batch))
     forward = []
     for batch, count in ((1, threads), (16, threads), (1, all_threads)):
         torch.set_num_threads(count)

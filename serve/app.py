@@ -32,8 +32,8 @@ from serve.batching import (
     InferenceWorker,
     QueueFull,
     WorkerStopped,
+    choose_inference_threads,
     cpu_threads,
-    inference_threads,
     use_torch_threads,
 )
 from serve.drift import DriftMonitor, load_reference
@@ -120,7 +120,7 @@ def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what:
 def build_service(settings: ServeSettings, threads: int) -> Service:
     """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError.
     ``threads``: the CPUs of the quota: the width of the pool that decodes uploads; the inference
-    thread's count, unless set, is ``inference_threads``' choice from the classifier's and a photo's
+    thread's count, unless set, is ``choose_inference_threads``' choice from the classifier's and a photo's
     decode costs, measured here after the warm-up."""
     loaded = load_artifacts(settings.root)
     classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
@@ -144,11 +144,8 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
                               artifact=predictor.artifact, fallback_reason=fallback_reason)
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
-    if settings.inference_threads:
-        model_threads, threads_reason = settings.inference_threads, "set by FLOWERLAB_INFERENCE_THREADS"
-    else:
-        costs = predictor.measure_costs(settings.max_batch) if threads > 1 else (None, None)
-        model_threads, threads_reason = inference_threads(threads, *costs)
+    model_threads, threads_reason = choose_inference_threads(
+        threads, settings.inference_threads, lambda: predictor.measure_costs(settings.max_batch))
     INFERENCE_THREADS.set(model_threads)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue,
                              model_threads, wait_only_for_incoming=settings.batch_wait_for_incoming_only)

@@ -82,6 +82,16 @@ def inference_threads(cpus: int, model_s: float | None = None,
                        f"{model_s / rest:.1f}x the rest, under {ALL_CPUS_COST_RATIO:g}x")
 
 
+def choose_inference_threads(cpus: int, configured: int | None,
+                             measure_costs: Callable[[], tuple[float, float]]) -> tuple[int, str]:
+    """``configured`` (FLOWERLAB_INFERENCE_THREADS) where set, else :func:`inference_threads` from
+    ``measure_costs()`` (model and decode seconds, as ``ClassifierPredictor.measure_costs``), which is
+    called only where there is a choice (more than one CPU); and why."""
+    if configured:
+        return configured, "set by FLOWERLAB_INFERENCE_THREADS"
+    return inference_threads(cpus, *measure_costs()) if cpus > 1 else inference_threads(cpus)
+
+
 def use_torch_threads(count: int) -> None:
     """Run torch on ``count`` threads in the calling thread, and keep it so.
 
