@@ -5,8 +5,8 @@
 
 The model is the project's ResNet18 (102 classes, random weights; batch-norm statistics from a few
 training-mode passes over random images), as ``ExportedClassifier`` serves it. Candidates, each
-timed at batch 1 and 16 on 1 and on 2 torch / ONNX Runtime threads (the median of ``--calls``
-calls, the candidates taking turns):
+timed at batch 1 and 16 on 1 and on 2 torch / ONNX Runtime threads as the optimize stage times
+its candidates (``images_per_second``: the median of ``--calls`` calls, the candidates taking turns):
 
 - ``torch fp32``: the eager network;
 - ``torch FX int8``: ``flowerlab.classifier.optimize.int8_classifier``, traced and frozen as the
@@ -22,9 +22,7 @@ largest logit difference from fp32 and its top-1 agreement with fp32 on one batc
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,7 +30,7 @@ import numpy as np
 import torch
 
 from flowerlab.classifier.network import ExportedClassifier, ImageClassifier
-from flowerlab.classifier.optimize import frozen_script, int8_classifier
+from flowerlab.classifier.optimize import frozen_script, images_per_second, int8_classifier
 from flowerlab.hardware import cpu_model
 
 CLASSES = 102
@@ -78,21 +76,6 @@ def ort_session(path: Path, threads: int) -> Callable[[torch.Tensor], np.ndarray
     return lambda images: session.run(["logits"], {"images": images.numpy()})[0]
 
 
-def median_times(modules: dict[str, Callable], images: torch.Tensor, calls: int) -> dict[str, float]:
-    """Seconds per call of each module on ``images``: the median of ``calls``, taking turns."""
-    times: dict[str, list[float]] = {name: [] for name in modules}
-    with torch.inference_mode():
-        for module in modules.values():
-            for _ in range(2):
-                module(images)
-        for _ in range(calls):
-            for name, module in modules.items():
-                start = time.perf_counter()
-                module(images)
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(elapsed) for name, elapsed in times.items()}
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     classifier.eval()
     exported = ExportedClassifier(classifier).eval()
     calibration = [torch.rand(8, 3, size, size) for _ in range(4)]
-    one, sixteen = torch.rand(1, 3, size, size), torch.rand(16, 3, size, size)
-    fx_int8 = frozen_script(int8_classifier(classifier, calibration), one)
+    pixels = torch.randint(0, 256, (16, 3, size, size), dtype=torch.uint8)  # timed as uint8 / 255
+    sixteen = pixels.float() / 255
+    fx_int8 = frozen_script(int8_classifier(classifier, calibration), sixteen[:1])
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}; "
           f"ResNet18, {CLASSES} classes, {size} px")
     with tempfile.TemporaryDirectory(prefix="onnx_int8_") as directory:
@@ -125,10 +109,10 @@ def main(argv: list[str] | None = None) -> None:
             modules: dict[str, Callable] = {"torch fp32": lambda x: exported(x)[0],
                                             "torch FX int8": lambda x: fx_int8(x)[0]}
             modules |= {name: ort_session(path, threads) for name, path in files.items()}
-            for batch, images in ((1, one), (16, sixteen)):
-                for name, seconds in median_times(modules, images, args.calls).items():
-                    print(f"threads {threads}  batch {batch:2d}  {name:30s} {1000 * seconds:8.2f} ms "
-                          f"{batch / seconds:7.1f} images/s", flush=True)
+            for batch in (1, 16):
+                for name, speed in images_per_second(modules, pixels, batch, args.calls).items():
+                    print(f"threads {threads}  batch {batch:2d}  {name:30s} {1000 * batch / speed:8.2f} ms "
+                          f"{speed:7.1f} images/s", flush=True)
             if threads == 1:
                 with torch.inference_mode():
                     for name, module in modules.items():
