@@ -22,6 +22,12 @@ baseline, and the data-wait share: the time the training DataLoader (the stage's
 on stored uint8 images) takes to deliver a batch, over that plus the `auto` step time. Where the
 augmentation has TrivialAugmentWide or random erasing, it also prints the wait with torchvision's
 own transforms for those, image by image (what ``flowerlab.data.batched`` replaced).
+
+Last, the ceiling: this CPU's fp32 and bf16 matrix-product speed (square ``--matmul-size``
+products on every torch thread), and for each size the convolution and matrix FLOPs of one
+training step (torch's ``FlopCounterMode``) over the baseline's and `auto`'s step time. A config
+that keeps those FLOPs cannot run them faster than the matrix product of its dtype does, so the
+fp32 baseline's share of the fp32 product bounds what any fp32 path can gain over it.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision.transforms import v2
 
 from flowerlab.classifier.network import ImageClassifier
@@ -80,6 +87,36 @@ def images_per_second(images: torch.Tensor, labels: torch.Tensor, channels_last:
     return steps * len(labels) / (time.perf_counter() - start)
 
 
+def training_step_flops(batch: int, size: int, num_classes: int = CLASSES) -> int:
+    """Convolution and matrix-product FLOPs of one training step (forward and backward) of the
+    project's ResNet18 on ``batch`` images of ``size`` px, as torch's FlopCounterMode counts them."""
+    model = ImageClassifier(num_classes)
+    labels = torch.zeros(batch, dtype=torch.long)
+    with FlopCounterMode(display=False) as counter:
+        F.cross_entropy(model(torch.zeros(batch, 3, size, size)), labels).backward()
+    return counter.get_total_flops()
+
+
+def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 3) -> tuple[float, int]:
+    """FLOP/s of a square matrix product in ``dtype`` on every torch thread, and its side: the
+    median of ``calls`` after one warm-up, at the largest of 256, 512, ... up to ``max_size`` whose
+    warm-up is quick (emulated bf16 runs 2048x2048 products for a minute each)."""
+    size = 256
+    while True:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        start = time.perf_counter()
+        a @ b
+        if size * 2 > max_size or time.perf_counter() - start > 0.05:
+            break
+        size *= 2
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / float(np.median(times)), size
+
+
 class PerImageAugment(BatchAugment):
     """The stage's augmentation with torchvision's TrivialAugmentWide and RandomErasing applied
     image by image instead of batched."""
@@ -119,9 +156,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per config")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the data wait")
     parser.add_argument("--compile", action="store_true", help="also time auto + torch.compile")
+    parser.add_argument("--matmul-size", type=int, default=2048,
+                        help="largest side of the ceiling's matrix products")
     args = parser.parse_args()
     print(f"{cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'size':>4s} {'batch':>5s} {'config':30s} {'img/s':>7s} {'ratio':>6s}")
+    steps = []  # (size, batch, fp32 eager img/s, auto img/s, auto is bf16)
     for size in args.sizes:
         precision, why = choose_precision("auto", "cpu", image_size=size)
         auto_bf16 = precision.startswith("bf16")
@@ -143,6 +183,7 @@ def main() -> None:
                   for index, (_, cl, bf16, compiled) in enumerate(configs)]
         for (name, *_), speed in zip(configs, speeds):
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
+        steps.append((size, batch, speeds[0], speeds[1], auto_bf16))
         step = batch / speeds[1]
         preset, augmentation = choose_augmentation("auto", size)
         kinds = [("batched", BatchAugment)]
@@ -152,6 +193,24 @@ def main() -> None:
             wait = batch_seconds(size, batch, args.workers, augment=augment)
             print(f"{size:4d} {batch:5d} data wait ({preset} augmentation, {kind}, {args.workers} workers): "
                   f"{wait * 1000:.1f} ms per batch, {100 * wait / (wait + step):.1f}% of an auto step")
+    print_ceiling(steps, args.matmul_size)
+
+
+def print_ceiling(steps: list[tuple[int, int, float, float, bool]], matmul_size: int) -> None:
+    """Each size's step FLOP/s against the matrix product's, and the fp32 bound that follows."""
+    (fp32, fp32_side), (bf16, bf16_side) = (matmul_flops_per_second(dtype, matmul_size)
+                                            for dtype in (torch.float32, torch.bfloat16))
+    print(f"ceiling: matrix products on {torch.get_num_threads()} threads: fp32 {fp32 / 1e9:.1f} GFLOP/s "
+          f"({fp32_side}x{fp32_side}), bf16 {bf16 / 1e9:.1f} GFLOP/s ({bf16_side}x{bf16_side}; "
+          f"{bf16 / fp32:.3f}x fp32)")
+    for size, batch, baseline, auto, auto_bf16 in steps:
+        flops = training_step_flops(batch, size)
+        base_rate, auto_rate = flops * baseline / batch, flops * auto / batch
+        auto_peak = bf16 if auto_bf16 else fp32
+        print(f"{size:4d} {batch:5d} ceiling: a step is {flops / 1e9:.1f} GFLOP; fp32 eager runs "
+              f"{base_rate / 1e9:.1f} GFLOP/s ({100 * base_rate / fp32:.0f}% of the fp32 product), so an "
+              f"fp32 path can be at most {fp32 / base_rate:.2f}x it; auto runs {auto_rate / 1e9:.1f} "
+              f"GFLOP/s ({100 * auto_rate / auto_peak:.0f}% of its dtype's product)")
 
 
 if __name__ == "__main__":
