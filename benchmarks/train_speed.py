@@ -165,7 +165,7 @@ def main() -> None:
     for size in args.sizes:
         precision, why = choose_precision("auto", "cpu", image_size=size)
         auto_bf16 = precision.startswith("bf16")
-        auto_cl, cl_why = choose_channels_last(None, precision, "cpu", size)
+        auto_cl, cl_why = choose_channels_last(None, precision, "cpu")
         print(f"{size:4d} auto picks {precision} ({why}), channels_last {auto_cl} ({cl_why})")
         batch = BATCH.get(size, max(8, 128 * 32 // size))
         auto = f"auto: {'channels_last' if auto_cl else 'contiguous'} {precision}"

@@ -32,7 +32,7 @@ def main() -> None:
     net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)
     pretrained = params.model.pretrained  # fine-tuning: a slower backbone, frozen at first
     precision = choose_precision(train.precision, train.accelerator, image_size=size)
-    channels_last, why = choose_channels_last(train.channels_last, precision[0], train.accelerator, size)
+    channels_last, why = choose_channels_last(train.channels_last, precision[0], train.accelerator)
     model = FlowerClassifier(net, num_classes, params.lr, train.weight_decay, train.label_smoothing,
                              train.warmup_epochs, channels_last,
                              params.model.backbone_lr_scale if pretrained else 1.0)
