@@ -24,10 +24,11 @@ augmentation has TrivialAugmentWide or random erasing, it also prints the wait w
 own transforms for those, image by image (what ``flowerlab.data.batched`` replaced).
 
 Last, the ceiling: this CPU's fp32 and bf16 matrix-product speed (square ``--matmul-size``
-products on every torch thread), and for each size the convolution and matrix FLOPs of one
-training step (torch's ``FlopCounterMode``) over the baseline's and `auto`'s step time. A config
-that keeps those FLOPs cannot run them faster than the matrix product of its dtype does, so the
-fp32 baseline's share of the fp32 product bounds what any fp32 path can gain over it.
+products on every torch thread, the faster of MKL's and oneDNN's), and for each size the
+convolution and matrix FLOPs of one training step (torch's ``FlopCounterMode``) over the
+baseline's and `auto`'s step time. A config that keeps those FLOPs cannot run them faster than the
+matrix product of its dtype does, so the fp32 baseline's share of the fp32 product bounds what
+any fp32 path can gain over it.
 """
 
 from __future__ import annotations
@@ -97,10 +98,27 @@ def training_step_flops(batch: int, size: int, num_classes: int = CLASSES) -> in
     return counter.get_total_flops()
 
 
-def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 3) -> tuple[float, int]:
-    """FLOP/s of a square matrix product in ``dtype`` on every torch thread, and its side: the
-    median of ``calls`` after one warm-up, at the largest of 256, 512, ... up to ``max_size`` whose
-    warm-up is quick (emulated bf16 runs 2048x2048 products for a minute each)."""
+def _product_seconds(product, calls: int) -> float:
+    product()  # warm-up
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        product()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 5) -> tuple[float, int, str]:
+    """FLOP/s of a square matrix product in ``dtype`` on every torch thread, its side and the
+    library that ran it fastest: the median of ``calls`` after one warm-up, at the largest of 256,
+    512, ... up to ``max_size`` whose first call is quick (emulated bf16 runs 2048x2048 products
+    for a minute each).
+
+    Two libraries compute it: ``torch.mm`` (MKL on x86) and, as the training step's convolutions
+    do, oneDNN, through a 1x1 convolution over channels_last maps (at most 512 channels, as in
+    ResNet18, and at most 8192 pixels, so that the maps stay in cache). They differ by CPU: on an AMD EPYC
+    with AVX-512 (Zen 5), MKL's fp32 product ran at 220 GFLOP/s and oneDNN's at 540, so a ceiling
+    from ``torch.mm`` alone is too low there."""
     size = 256
     while True:
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
@@ -109,12 +127,17 @@ def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 3) -
         if size * 2 > max_size or time.perf_counter() - start > 0.05:
             break
         size *= 2
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    return 2 * size**3 / float(np.median(times)), size
+    channels = min(size, 512)
+    pixels = min(size**3 // channels**2, 8192)  # powers of two: the maps are height x width exactly
+    height = 2 ** (pixels.bit_length() // 2)
+    maps = torch.randn(1, channels, height, pixels // height, dtype=dtype).to(
+        memory_format=torch.channels_last)
+    kernel = torch.randn(channels, channels, 1, 1, dtype=dtype)
+    speeds = {"torch.mm": 2 * size**3 / _product_seconds(lambda: a @ b, calls),
+              "oneDNN 1x1 conv": 2 * channels**2 * pixels / _product_seconds(
+                  lambda: F.conv2d(maps, kernel), calls)}
+    library = max(speeds, key=speeds.get)
+    return speeds[library], size, library
 
 
 class PerImageAugment(BatchAugment):
@@ -198,11 +221,11 @@ def main() -> None:
 
 def print_ceiling(steps: list[tuple[int, int, float, float, bool]], matmul_size: int) -> None:
     """Each size's step FLOP/s against the matrix product's, and the fp32 bound that follows."""
-    (fp32, fp32_side), (bf16, bf16_side) = (matmul_flops_per_second(dtype, matmul_size)
-                                            for dtype in (torch.float32, torch.bfloat16))
+    (fp32, fp32_side, fp32_by), (bf16, bf16_side, bf16_by) = (
+        matmul_flops_per_second(dtype, matmul_size) for dtype in (torch.float32, torch.bfloat16))
     print(f"ceiling: matrix products on {torch.get_num_threads()} threads: fp32 {fp32 / 1e9:.1f} GFLOP/s "
-          f"({fp32_side}x{fp32_side}), bf16 {bf16 / 1e9:.1f} GFLOP/s ({bf16_side}x{bf16_side}; "
-          f"{bf16 / fp32:.3f}x fp32)")
+          f"({fp32_side}x{fp32_side}, {fp32_by}), bf16 {bf16 / 1e9:.1f} GFLOP/s ({bf16_side}x{bf16_side}, "
+          f"{bf16_by}; {bf16 / fp32:.3f}x fp32)")
     for size, batch, baseline, auto, auto_bf16 in steps:
         flops = training_step_flops(batch, size)
         base_rate, auto_rate = flops * baseline / batch, flops * auto / batch

@@ -24,6 +24,7 @@ from flowerlab.inference import predict_batches, run_batches
 from flowerlab.vae.metrics import (
     classifier_scores,
     frechet_distance,
+    high_frequency_energy,
     negative_elbo_per_pixel,
     reconstruction_metrics,
 )
@@ -69,6 +70,8 @@ def main() -> None:
                **classifier_scores(sample_logits),
                "fd_classifier": frechet_distance(real_features, sample_features),
                "fd_classifier_reconstructions": frechet_distance(real_features, recon_features),
+               "sharpness_samples": high_frequency_energy(samples) / high_frequency_energy(inputs),
+               "sharpness_reconstructions": high_frequency_energy(recons) / high_frequency_energy(inputs),
                "samples": len(samples), "test_images": len(images)}
     write_json(paths.VAE_METRICS, metrics)
 

@@ -15,6 +15,7 @@ from flowerlab.imaging import paired_grid
 from flowerlab.vae.metrics import (
     classifier_scores,
     frechet_distance,
+    high_frequency_energy,
     negative_elbo_per_pixel,
     reconstruction_metrics,
 )
@@ -159,6 +160,16 @@ def test_classifier_scores() -> None:
     assert classifier_scores(torch.zeros(3, 5))["classifier_confidence"] == pytest.approx(0.2)
 
 
+def test_high_frequency_energy_of_known_images() -> None:
+    assert high_frequency_energy(torch.full((2, 3, 8, 8), 0.7)) == pytest.approx(0.0, abs=1e-12)
+    # A grey 0/1 checkerboard: every inner pixel's Laplacian is +-4, so the energy is 16.
+    board = ((torch.arange(8).view(-1, 1) + torch.arange(8)) % 2).float().expand(1, 3, 8, 8)
+    assert high_frequency_energy(board) == pytest.approx(16.0, rel=1e-6)
+    noise = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    blurred = torch.nn.functional.avg_pool2d(noise, 3, stride=1, padding=1, count_include_pad=False)
+    assert high_frequency_energy(blurred) < 0.2 * high_frequency_energy(noise)
+
+
 def test_transform_and_grids() -> None:
     images = torch.full((10, 3, 32, 32), 255, dtype=torch.uint8)
     resized = vae_transform(16)(images)
@@ -199,7 +210,9 @@ def test_stages_on_tiny_data(tmp_path, monkeypatch) -> None:
     assert outputs[0] == outputs[1]  # deterministic for the same seed
     metrics = json.loads(outputs[0])
     assert {"mse", "psnr", "ssim", "kl", "elbo_per_pixel", "classifier_confidence",
-            "class_coverage", "fd_classifier"} <= set(metrics)
+            "class_coverage", "fd_classifier", "sharpness_samples",
+            "sharpness_reconstructions"} <= set(metrics)
+    assert metrics["sharpness_samples"] > 0 and metrics["sharpness_reconstructions"] > 0
     assert metrics["samples"] == metrics["test_images"] == 102
     assert 0 < metrics["class_coverage"] <= 1 and metrics["kl"] >= 0
     images = tmp_path / "metrics/vae/plots/images"
