@@ -62,6 +62,7 @@ class TrainParams:
     trivial_augment: bool | None = None
     random_erasing: float | None = None
     mix: float | None = None  # probability of CutMix or MixUp on a training batch
+    progressive_resize: bool | None = None  # None: flowerlab.data.transforms.choose_progressive
     patience: int = 20
     export: str = "last"  # last | best: flowerlab.trainer.exported_checkpoint
     precision: str = "auto"  # flowerlab.hardware.choose_precision

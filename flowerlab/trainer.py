@@ -107,13 +107,14 @@ def make_profiler(kind: str | None, name: str) -> Profiler | None:
 def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: list[Callback],
                  name: str, image_size: int | None = None,
                  choices: dict[str, str] | None = None,
-                 precision: tuple[str, str] | None = None) -> L.Trainer:
+                 precision: tuple[str, str] | None = None, reload_train_data: bool = False) -> L.Trainer:
     """A deterministic Trainer on ``train``'s accelerator, devices, nodes, strategy and precision,
     logging to dvclive in ``log_dir`` (no dvc.yaml of its own: the project's declares the plots);
     ``name`` names the profiler report when ``train.profiler`` is set. ``train.precision: auto``
     becomes what the hardware computes fastest at ``image_size``; the choice and its reason are
     printed and logged with the hyperparameters (``metrics/<stage>/params.yaml``), with the
-    stage's other run-time ``choices``; ``precision`` is that choice where the stage made it already."""
+    stage's other run-time ``choices``; ``precision`` is that choice where the stage made it already.
+    ``reload_train_data``: a new training loader every epoch (progressive resizing)."""
     precision, reason = precision or choose_precision(train.precision, train.accelerator,
                                                       image_size=image_size)
     print(f"{name}: precision {precision} ({reason})")
@@ -124,6 +125,7 @@ def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: l
         max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
         num_nodes=train.num_nodes, strategy=train.strategy, precision=precision,
         deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
+        reload_dataloaders_every_n_epochs=1 if reload_train_data else 0,
         # written in a background thread (a point-in-time copy): 0.5-1 s an epoch off the step loop
         plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],
         logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),

@@ -11,7 +11,7 @@ from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedCl
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
-from flowerlab.data.transforms import choose_augmentation, describe
+from flowerlab.data.transforms import choose_augmentation, choose_progressive, describe
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.hardware import choose_channels_last, choose_precision
 from flowerlab.trainer import checkpoints, exported_checkpoint, make_trainer, resume_from
@@ -25,8 +25,9 @@ def main() -> None:
     preset, augmentation = choose_augmentation(train.augment, size, crop_scale_min=train.crop_scale_min,
                                                trivial_augment=train.trivial_augment,
                                                random_erasing=train.random_erasing, mix=train.mix)
+    progressive, progressive_why = choose_progressive(train.progressive_resize, size)
     data = FlowerData(paths.PREPARED_DIR, paths.SPLIT_FILE, params.batch_size, train.num_workers,
-                      augmentation)
+                      augmentation, progressive_epochs=params.epochs if progressive else None)
     data.setup()
     num_classes = len(data.data.classes)
     net = ImageClassifier(num_classes, params.model.pretrained, params.model.weights_path)
@@ -41,9 +42,12 @@ def main() -> None:
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
                            [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
-                           name="train", image_size=size, precision=precision,
+                           name="train", image_size=size, precision=precision, reload_train_data=progressive,
                            choices={"channels_last": f"{channels_last} ({why})",
                                     "augment": describe(preset, augmentation),
+                                    "progressive_resize": (
+                                        f"{progressive} ({progressive_why}): {data.train_size(0)} px "
+                                        f"to {size} px" if progressive else f"False ({progressive_why})"),
                                     "batch_size": f"{data.batch_size} "
                                                   f"({'set' if params.batch_size else 'auto'})"})
     trainer.fit(model, datamodule=data, ckpt_path=resume)

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from flowerlab.classifier.module import FlowerClassifier, FreezeBackbone, param_groups, warmup_cosine
 from flowerlab.classifier.network import ImageClassifier
+from flowerlab.data.transforms import progressive_size
 
 
 def tiny_loader(n: int = 16, classes: int = 4, size: int = 32, seed: int = 0) -> DataLoader:
@@ -294,3 +295,42 @@ def test_the_last_checkpoint_holds_the_weights_training_ended_with(tmp_path) -> 
     saved = FlowerClassifier.load_from_checkpoint(path, map_location="cpu", net=ImageClassifier(4))
     for (name, a), b in zip(model.state_dict().items(), saved.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.slow
+def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, monkeypatch) -> None:
+    import numpy as np
+
+    from flowerlab.config import TrainParams
+    from flowerlab.data.datamodule import FlowerData
+    from flowerlab.data.store import PreparedData, save_prepared
+    from flowerlab.data.transforms import PRESETS
+    from flowerlab.files import write_json
+    from flowerlab.trainer import make_trainer
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
+                  [], tmp_path / "prepared")
+    write_json(tmp_path / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
+                                         "test": list(range(16, 24))})
+    epochs = 4
+    data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8,
+                      augmentation=PRESETS["strong"], progressive_epochs=epochs)
+
+    class BatchSides(L.Callback):
+        def __init__(self):
+            self.sides: list[int] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.sides.append(batch[0].shape[-1])
+
+    sides = BatchSides()
+    L.seed_everything(0)
+    run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, "live", [sides],
+                       name="train", reload_train_data=True)
+    run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), datamodule=data)
+    expected = [progressive_size(epoch, epochs, 64) for epoch in range(epochs)]
+    assert expected[0] == 32 and expected[-1] == 64
+    assert sides.sides == [side for side in expected for _ in range(2)]  # 2 batches an epoch

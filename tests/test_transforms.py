@@ -7,7 +7,13 @@ import torch
 from torchvision.transforms import v2
 
 from flowerlab.data.batched import crop_boxes, resized_crops
-from flowerlab.data.transforms import PRESETS, BatchAugment, choose_augmentation
+from flowerlab.data.transforms import (
+    PRESETS,
+    BatchAugment,
+    choose_augmentation,
+    choose_progressive,
+    progressive_size,
+)
 
 
 @pytest.mark.parametrize(("size", "expected"),
@@ -23,6 +29,30 @@ def test_an_explicit_preset_wins_over_the_size_and_set_values_override_it() -> N
                                              random_erasing=0.0)
     assert name == "strong" and augmentation.crop_scale_min == 0.5 and augmentation.random_erasing == 0.0
     assert augmentation.trivial_augment is PRESETS["strong"].trivial_augment  # None keeps the preset's
+
+
+@pytest.mark.parametrize(("size", "low"), [(128, 64), (224, 112), (96, 48), (64, 32), (16, 16)])
+def test_progressive_sizes_grow_from_half_to_the_full_size(size: int, low: int) -> None:
+    sizes = [progressive_size(epoch, 20, size) for epoch in range(20)]
+    assert sizes[:6] == [low] * 6  # the first 30% of the epochs
+    assert sizes[17:] == [size] * 3  # from 85% on
+    assert sizes == sorted(sizes) and all(s % 16 == 0 for s in sizes)
+    if size - low >= 48:
+        assert len(set(sizes)) >= 4, sizes  # it grows in steps, not in one jump
+
+
+def test_the_last_epoch_trains_at_the_full_size_however_few_the_epochs() -> None:
+    assert progressive_size(0, 1, 128) == 128
+    assert [progressive_size(epoch, 2, 128) for epoch in range(2)] == [64, 128]
+    assert [progressive_size(epoch, 3, 224) for epoch in range(3)] == [112, 112, 224]
+
+
+@pytest.mark.parametrize(("requested", "size", "expected"),
+                         [(None, 32, False), (None, 63, False), (None, 64, True), (None, 224, True),
+                          (False, 224, False), (True, 32, True)])
+def test_progressive_resizing_is_for_photos_unless_set(requested, size: int, expected: bool) -> None:
+    chosen, why = choose_progressive(requested, size)
+    assert chosen is expected and why
 
 
 @pytest.mark.parametrize("preset", ["light", "strong"])

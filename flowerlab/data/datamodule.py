@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 from flowerlab.data.split import load_split
 from flowerlab.data.store import PreparedData, load_prepared
-from flowerlab.data.transforms import Augmentation, BatchAugment, eval_transform
+from flowerlab.data.transforms import Augmentation, BatchAugment, eval_transform, progressive_size
 
 
 class StoredImages(Dataset):
@@ -37,12 +37,16 @@ def auto_batch_size(train_images: int, min_steps: int = 20, smallest: int = 16, 
 
 class FlowerData(L.LightningDataModule):
     def __init__(self, prepared_dir: str, split_file: str, batch_size: int | None, num_workers: int = 0,
-                 augmentation: Augmentation | None = None, train_transform=None, val_transform=None):
+                 augmentation: Augmentation | None = None, train_transform=None, val_transform=None,
+                 progressive_epochs: int | None = None):
         """``batch_size`` None: :func:`auto_batch_size` of the training split. Training batches get
         ``augmentation`` (:class:`BatchAugment`, on whole batches) when given, else
-        ``train_transform`` image by image."""
+        ``train_transform`` image by image. ``progressive_epochs``: the augmentation crops to
+        :func:`progressive_size` of the epoch in a run of that many epochs (the Trainer must then
+        reload the training loader every epoch), else to the stored size."""
         super().__init__()
         self.prepared_dir, self.split_file, self.augmentation = prepared_dir, split_file, augmentation
+        self.progressive_epochs = progressive_epochs
         self.batch_size, self.num_workers = batch_size, num_workers
         self.augment = v2.Identity() if augmentation else train_transform or eval_transform()
         self.plain = val_transform or eval_transform()  # val and test
@@ -65,8 +69,15 @@ class FlowerData(L.LightningDataModule):
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           collate_fn=collate_fn)
 
+    def train_size(self, epoch: int) -> int:
+        """The side of the training batches in ``epoch``."""
+        if self.progressive_epochs and self.augmentation:
+            return progressive_size(epoch, self.progressive_epochs, self.data.image_size)
+        return self.data.image_size
+
     def train_dataloader(self) -> DataLoader:
-        augment = (BatchAugment(self.data.image_size, self.augmentation, len(self.data.classes))
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        augment = (BatchAugment(self.train_size(epoch), self.augmentation, len(self.data.classes))
                    if self.augmentation else None)
         return self._loader("train", shuffle=True, collate_fn=augment)
 

@@ -47,6 +47,39 @@ def choose_augmentation(preset: str, image_size: int, **overrides) -> tuple[str,
     return preset, chosen
 
 
+# Progressive resizing (as in fast.ai's and FFCV's fast ResNet recipes): the first epochs train on
+# crops at half the size, the size then grows in steps of 16 px, and the last epochs train at the
+# full size the model is evaluated and served at. Measured on 960 real photos at 128 px (README,
+# "Your own photos"): at equal training time, +4 to +7 points of test accuracy.
+PROGRESSIVE_LOW_FRACTION = 0.5
+PROGRESSIVE_RAMP = (0.3, 0.85)  # fractions of the epochs: low size before, full size after
+PROGRESSIVE_STEP = 16
+
+
+def choose_progressive(requested: bool | None, image_size: int) -> tuple[bool, str]:
+    """Whether training resizes progressively (``requested``; None: from ``STRONG_MIN_IMAGE_SIZE``
+    px, i.e. photos, not the embedded set), and why."""
+    if requested is not None:
+        return requested, "set"
+    if image_size >= STRONG_MIN_IMAGE_SIZE:
+        return True, f"auto: images of {STRONG_MIN_IMAGE_SIZE} px and up"
+    return False, f"auto: off under {STRONG_MIN_IMAGE_SIZE} px"
+
+
+def progressive_size(epoch: int, epochs: int, image_size: int) -> int:
+    """The training crop size for ``epoch`` (0-based) of ``epochs``: half of ``image_size`` (a
+    multiple of 16, at least 16) until ``PROGRESSIVE_RAMP[0]`` of the epochs, then growing linearly in
+    16-px steps to ``image_size``, reached at ``PROGRESSIVE_RAMP[1]`` and kept to the end. The last
+    epoch is always at ``image_size``, however few the epochs."""
+    if epoch >= epochs - 1:
+        return image_size
+    step = PROGRESSIVE_STEP
+    low = min(image_size, max(step, round(image_size * PROGRESSIVE_LOW_FRACTION / step) * step))
+    start, end = (fraction * epochs for fraction in PROGRESSIVE_RAMP)
+    progress = min(max((epoch - start) / max(end - start, 1), 0.0), 1.0)
+    return min(image_size, int(round((low + progress * (image_size - low)) / step)) * step)
+
+
 def describe(name: str, augmentation: Augmentation) -> str:
     return f"{name} " + " ".join(f"{k}={v}" for k, v in asdict(augmentation).items())
 
