@@ -117,7 +117,7 @@ def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 5) -
     Two libraries compute it: ``torch.mm`` (MKL on x86) and, as the training step's convolutions
     do, oneDNN, through a 1x1 convolution over channels_last maps (at most 512 channels, as in
     ResNet18, and at most 8192 pixels, so that the maps stay in cache). They differ by CPU: on an AMD EPYC
-    with AVX-512 (Zen 5), MKL's fp32 product ran at 220 GFLOP/s and oneDNN's at 540, so a ceiling
+    with AVX-512 (Zen 5), MKL's fp32 product ran at 220 GFLOP/s and oneDNN's at 516-540, so a ceiling
     from ``torch.mm`` alone is too low there."""
     size = 256
     while True:

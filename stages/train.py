@@ -11,7 +11,7 @@ from flowerlab.classifier.network import IMAGENET_MEAN, IMAGENET_STD, ExportedCl
 from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
-from flowerlab.data.transforms import choose_augmentation, choose_progressive, describe
+from flowerlab.data.transforms import choose_augmentation, choose_progressive, describe, progressive_size
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.hardware import choose_channels_last, choose_precision
 from flowerlab.trainer import checkpoints, exported_checkpoint, make_trainer, resume_from
@@ -26,6 +26,8 @@ def main() -> None:
                                                trivial_augment=train.trivial_augment,
                                                random_erasing=train.random_erasing, mix=train.mix)
     progressive, progressive_why = choose_progressive(train.progressive_resize, size)
+    if progressive:
+        progressive_why += f": {progressive_size(0, params.epochs, size)} px to {size} px"
     data = FlowerData(paths.PREPARED_DIR, paths.SPLIT_FILE, params.batch_size, train.num_workers,
                       augmentation, progressive_epochs=params.epochs if progressive else None)
     data.setup()
@@ -45,9 +47,7 @@ def main() -> None:
                            name="train", image_size=size, precision=precision, reload_train_data=progressive,
                            choices={"channels_last": f"{channels_last} ({why})",
                                     "augment": describe(preset, augmentation),
-                                    "progressive_resize": (
-                                        f"{progressive} ({progressive_why}): {data.train_size(0)} px "
-                                        f"to {size} px" if progressive else f"False ({progressive_why})"),
+                                    "progressive_resize": f"{progressive} ({progressive_why})",
                                     "batch_size": f"{data.batch_size} "
                                                   f"({'set' if params.batch_size else 'auto'})"})
     trainer.fit(model, datamodule=data, ckpt_path=resume)
