@@ -298,7 +298,9 @@ def test_the_last_checkpoint_holds_the_weights_training_ended_with(tmp_path) -> 
 
 
 @pytest.mark.slow
-def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("workers", [0, 1])  # with a worker, the crop runs in another process
+def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, monkeypatch,
+                                                                     workers: int) -> None:
     import numpy as np
 
     from flowerlab.config import TrainParams
@@ -316,7 +318,7 @@ def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, 
     write_json(tmp_path / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
                                          "test": list(range(16, 24))})
     epochs = 4
-    data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8,
+    data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8, num_workers=workers,
                       augmentation=PRESETS["strong"], progressive_epochs=epochs)
 
     class BatchSides(L.Callback):
