@@ -49,6 +49,7 @@ from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
 from flowerlab.data.transforms import BatchAugment, choose_augmentation
 from flowerlab.hardware import choose_channels_last, choose_precision, cpu_model
+from serve.predictor import median_seconds
 
 BATCH = {32: 128, 64: 64, 96: 48, 128: 32, 160: 24, 224: 16}
 CLASSES = 102
@@ -98,16 +99,6 @@ def training_step_flops(batch: int, size: int, num_classes: int = CLASSES) -> in
     return counter.get_total_flops()
 
 
-def _product_seconds(product, calls: int) -> float:
-    product()  # warm-up
-    times = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        product()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 5) -> tuple[float, int, str]:
     """FLOP/s of a square matrix product in ``dtype`` on every torch thread, its side and the
     library that ran it fastest: the median of ``calls`` after one warm-up, at the largest of 256,
@@ -133,9 +124,9 @@ def matmul_flops_per_second(dtype: torch.dtype, max_size: int, calls: int = 5) -
     maps = torch.randn(1, channels, height, pixels // height, dtype=dtype).to(
         memory_format=torch.channels_last)
     kernel = torch.randn(channels, channels, 1, 1, dtype=dtype)
-    speeds = {"torch.mm": 2 * size**3 / _product_seconds(lambda: a @ b, calls),
-              "oneDNN 1x1 conv": 2 * channels**2 * pixels / _product_seconds(
-                  lambda: F.conv2d(maps, kernel), calls)}
+    speeds = {"torch.mm": 2 * size**3 / median_seconds(lambda: a @ b, calls, warmup=1),
+              "oneDNN 1x1 conv": 2 * channels**2 * pixels / median_seconds(
+                  lambda: F.conv2d(maps, kernel), calls, warmup=1)}
     library = max(speeds, key=speeds.get)
     return speeds[library], size, library
 
