@@ -59,6 +59,7 @@ def main() -> None:
     noise = torch.randn(min(len(images), MAX_SAMPLES), meta.latent_dim, generator=generator)
     samples = run_batches(decoder, noise, batch_size)
 
+    real_energy = high_frequency_energy(inputs)
     size = classifier_meta.image_size
     _, real_features = predict_batches(classifier, resize(images, [size, size], antialias=True),
                                        batch_size)
@@ -70,8 +71,8 @@ def main() -> None:
                **classifier_scores(sample_logits),
                "fd_classifier": frechet_distance(real_features, sample_features),
                "fd_classifier_reconstructions": frechet_distance(real_features, recon_features),
-               "sharpness_samples": high_frequency_energy(samples) / high_frequency_energy(inputs),
-               "sharpness_reconstructions": high_frequency_energy(recons) / high_frequency_energy(inputs),
+               "sharpness_samples": high_frequency_energy(samples) / real_energy,
+               "sharpness_reconstructions": high_frequency_energy(recons) / real_energy,
                "samples": len(samples), "test_images": len(images)}
     write_json(paths.VAE_METRICS, metrics)
 
