@@ -1,12 +1,13 @@
 """The service's classifier artifact behind LitServe's own batching, for benchmarks/serve_load.py.
 
-    python -m benchmarks.litserve_server --root ROOT --port PORT
+    python -m benchmarks.litserve_server --root ROOT --port PORT [--workers 1] [--threads N]
 
-Needs ``pip install -r requirements-bench.txt`` (litserve). One inference worker on the CPU, batches
-of up to 16 waiting at most 5 ms, and the service's decoder, model call and top-k response. It
-serves the artifact the service picks (the optimize stage's, or the exported program where this
-CPU cannot run it: ``serve.predictor.choose_classifier``); torch uses as many threads as the
-service does (``serve.batching.cpu_threads``).
+Needs ``pip install -r requirements-bench.txt`` (litserve). ``--workers`` inference worker processes
+on the CPU (LitServe's default: one), each batching up to 16 requests waiting at most 5 ms, with the
+service's decoder, model call and top-k response. It serves the artifact the service picks (the
+optimize stage's, or the exported program where this CPU cannot run it:
+``serve.predictor.choose_classifier``). Each worker's torch runs on ``--threads`` threads (default:
+every CPU of the quota, ``serve.batching.cpu_threads``).
 """
 
 from __future__ import annotations
@@ -28,12 +29,12 @@ TOP_K = 5
 
 
 class ClassifierAPI(ls.LitAPI):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, threads: int) -> None:
         super().__init__(max_batch_size=MAX_BATCH, batch_timeout=BATCH_TIMEOUT_S)
-        self.root = root
+        self.root, self.threads = root, threads
 
     def setup(self, device: str) -> None:
-        torch.set_num_threads(cpu_threads())
+        torch.set_num_threads(self.threads)
         portable = load_artifacts(self.root, (CLASSIFIER,))[CLASSIFIER.name]  # verified against dvc.lock
         self.predictor, _ = choose_classifier(self.root, portable, ServeSettings().max_pixels, MAX_BATCH)
         print(f"litserve worker: {torch.get_num_threads()} torch threads", flush=True)
@@ -60,9 +61,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, required=True, help="holds dvc.lock and models/")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1, help="inference worker processes")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of each (default: all CPUs)")
     args = parser.parse_args()
-    server = ls.LitServer(ClassifierAPI(args.root.resolve()), accelerator="cpu", devices=1,
-                          workers_per_device=1)
+    api = ClassifierAPI(args.root.resolve(), args.threads or cpu_threads())
+    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=args.workers)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 
 

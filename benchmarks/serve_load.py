@@ -8,7 +8,11 @@ Each server is a real process on a free local port, serving the same exported cl
 - ``naive``: benchmarks/naive_server.py, a sync ``def /predict`` in Starlette's thread pool that
   decodes and classifies one image per request, as the service did before its inference worker;
 - ``service``: ``uvicorn serve.app:app`` (repo root as cwd), default ``FLOWERLAB_*`` settings;
-- ``litserve``: benchmarks/litserve_server.py, LitServe batching (16 at most, 5 ms wait, one worker).
+- ``litserve``: benchmarks/litserve_server.py, LitServe batching (16 at most, 5 ms wait) with its
+  default of one inference worker, on every CPU;
+- ``litserve-matched``: the same with the service's layout: as many LitServe workers as the service
+  has inference runners, each on as many torch threads (skipped, with a line saying so, where that
+  layout is one runner on every CPU, i.e. the ``litserve`` row).
 
 Every server runs on uvloop and httptools, as the Docker image does (requirements.txt has both, and
 uvicorn picks them); ``--h11`` runs naive and service on uvicorn's asyncio loop and pure-Python h11
@@ -27,9 +31,9 @@ The client runs on the same machine, so it takes CPU from the server: compare ro
 
 Also measured here, before any server starts: the JPEG's decode (the service's decoder), and the bare
 forward pass of the program at batch 1 and 16 (median of ``--forward-calls``), with as many torch
-threads as the service's inference thread uses, and at batch 1 on every CPU too. Ratios at the end
-check the goals: service vs naive and vs litserve throughput at concurrency 16, and service p50 at
-concurrency 1 over the faster of the two bare forwards at batch 1.
+threads as each of the service's inference runners uses, and at batch 1 on every CPU too. Ratios at
+the end check the goals: service vs naive and vs both litserve rows' throughput at concurrency 16,
+and service p50 at concurrency 1 over the faster of the two bare forwards at batch 1.
 """
 
 from __future__ import annotations
@@ -56,13 +60,14 @@ import torch
 
 from flowerlab import paths
 from flowerlab.hardware import cpu_model
-from serve.batching import choose_inference_threads, cpu_threads
+from serve.batching import InferenceLayout, choose_inference_layout, cpu_threads
 from serve.predictor import PHOTO_SIZE, choose_classifier, median_seconds, photo_jpeg
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, load_artifacts
 from serve.settings import ServeSettings
 
 REPO = Path(__file__).resolve().parents[1]
-SERVERS = ("naive", "service", "litserve")
+SERVERS = ("naive", "service", "litserve", "litserve-matched")
+LITSERVE_ROWS = ("litserve", "litserve-matched")
 NUM_CLASSES = 102  # as the flowers data set, for --image-size
 STARTUP_SECONDS = 180  # importing torch and loading (exporting) a model on a busy 2-core machine
 REQUEST_TIMEOUT_S = 60.0
@@ -80,7 +85,9 @@ class ServerSpec:
     ready_path: str
 
 
-def server_spec(name: str, root: Path, port: int, h11: bool = False) -> ServerSpec:
+def server_spec(name: str, root: Path, port: int, h11: bool = False,
+                layout: InferenceLayout | None = None) -> ServerSpec:
+    """``litserve-matched`` takes the service's ``layout`` (its runners and their torch threads)."""
     # No access log: a line per request costs the server CPU, and LitServe logs none at "warning".
     uvicorn = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--no-access-log"]
     if h11:
@@ -89,8 +96,12 @@ def server_spec(name: str, root: Path, port: int, h11: bool = False) -> ServerSp
         return ServerSpec(name, port, [*uvicorn, "benchmarks.naive_server:app"], "/ready")
     if name == "service":
         return ServerSpec(name, port, [*uvicorn, "serve.app:app"], "/ready")
-    return ServerSpec(name, port, [sys.executable, "-m", "benchmarks.litserve_server", "--root", str(root),
-                             "--port", str(port)], "/health")
+    command = [sys.executable, "-m", "benchmarks.litserve_server", "--root", str(root), "--port", str(port)]
+    if name == "litserve-matched":
+        if layout is None:
+            raise ValueError("litserve-matched needs the service's inference layout")
+        command += ["--workers", str(layout.runners), "--threads", str(layout.threads)]
+    return ServerSpec(name, port, command, "/health")
 
 
 @contextmanager
@@ -215,7 +226,7 @@ def ratio_lines(results: list[LoadResult], forward_1: float) -> list[str]:
     c = GOAL_CONCURRENCY
     service = find(results, "service", c)
     lines = []
-    for other in ("naive", "litserve"):
+    for other in ("naive", *LITSERVE_ROWS):
         base = find(results, other, c)
         if service is None or base is None or not base.throughput:
             lines.append(f"service / {other} throughput at concurrency {c}: n/a (needs both rows at {c})")
@@ -255,9 +266,8 @@ class ModelTimes:
     image_size: int
     artifact: str  # what the service serves: the optimize stage's pick, or "exported"
     decode_s: float  # the JPEG, as the service decodes and resizes an upload
-    threads: int  # the service's inference threads, chosen as it chooses them
-    threads_reason: str
-    forward_1_s: float  # the program alone, on float images, with the service's inference threads
+    layout: InferenceLayout  # the service's inference runners and their threads, chosen as it chooses them
+    forward_1_s: float  # the program alone, on float images, on one runner's torch threads
     forward_16_s: float
     forward_1_all_s: float  # batch 1 on every CPU
 
@@ -268,31 +278,36 @@ class ModelTimes:
 
 def measure_model(root: Path, loaded: LoadedArtifact, jpeg: bytes, calls: int,
                   all_threads: int) -> ModelTimes:
-    """Decode on one torch thread; the service's choice of inference threads, from the costs it
-    measures at startup; and the bare forward pass of the artifact the service serves
-    (``choose_classifier``) on those threads (batch 1 and 16) and on ``all_threads`` (batch 1)."""
+    """Decode on one torch thread; the service's choice of inference runners and threads, from the
+    costs it measures at startup; and the bare forward pass of the artifact the service serves
+    (``choose_classifier``) on one runner's threads (batch 1 and 16) and on ``all_threads`` (batch 1)."""
     settings = ServeSettings()
     predictor, _ = choose_classifier(root, loaded, settings.max_pixels, settings.max_batch)
     size = predictor.image_size
     torch.set_num_threads(1)  # as the service's decoding threads run torch, and it measures costs
     decode_s = median_seconds(lambda: predictor.decode_request(jpeg), calls)
-    threads, reason = choose_inference_threads(all_threads, settings.inference_threads,
-                                               lambda: predictor.measure_costs(settings.max_batch))
+    layout = choose_inference_layout(all_threads, settings.inference_runners, settings.inference_threads,
+                                     lambda: predictor.measure_costs(settings.max_batch))
     forward = []
-    for batch, count in ((1, threads), (16, threads), (1, all_threads)):
+    for batch, count in ((1, layout.threads), (16, layout.threads), (1, all_threads)):
         torch.set_num_threads(count)
         images = torch.rand(batch, 3, size, size)
         with torch.inference_mode():
             forward.append(median_seconds(lambda images=images: predictor.module(images), calls))
-    return ModelTimes(predictor.num_classes, size, predictor.artifact, decode_s, threads, reason, *forward)
+    return ModelTimes(predictor.num_classes, size, predictor.artifact, decode_s, layout, *forward)
 
 
-def service_threads(url: str) -> int:
-    """The inference threads the running service chose (its ``flowerlab_inference_threads`` gauge)."""
+def service_layout(url: str) -> tuple[int, int]:
+    """The inference runners and their torch threads the running service chose (its
+    ``flowerlab_inference_runners`` and ``_threads`` gauges)."""
+    gauges = {}
     for line in httpx.get(url + "/metrics", timeout=5).text.splitlines():
-        if line.startswith("flowerlab_inference_threads "):
-            return int(float(line.split()[1]))
-    raise RuntimeError("the service's /metrics has no flowerlab_inference_threads")
+        name, _, value = line.partition(" ")
+        if name in ("flowerlab_inference_runners", "flowerlab_inference_threads"):
+            gauges[name] = int(float(value))
+    if len(gauges) != 2:
+        raise RuntimeError(f"the service's /metrics lacks its inference layout gauges (has {sorted(gauges)})")
+    return gauges["flowerlab_inference_runners"], gauges["flowerlab_inference_threads"]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -315,9 +330,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> list[LoadResult]:
     args = parse_args(argv)
     servers = list(args.servers)
-    if "litserve" in servers and not litserve_available():
+    if not litserve_available() and any(name in servers for name in LITSERVE_ROWS):
         print(LITSERVE_MISSING, flush=True)
-        servers.remove("litserve")
+        servers = [name for name in servers if name not in LITSERVE_ROWS]
     with tempfile.TemporaryDirectory(prefix="serve_load_") as temporary:
         temporary = Path(temporary)
         if args.image_size is not None:
@@ -335,16 +350,22 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
 
         cpus = cpu_threads()
         model = measure_model(root, loaded, jpeg, args.forward_calls, cpus)
-        threads = model.threads
-        print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, torch threads: service {threads} for the model "
-              f"and {cpus} decoding, litserve {cpus}, naive torch's default")
-        print(f"service's inference threads, as it chooses them: {threads}: {model.threads_reason}")
+        layout = model.layout
+        if "litserve-matched" in servers and (layout.runners, layout.threads) == (1, cpus):
+            print(f"litserve-matched: skipped, the service's layout (1 runner on {cpus} threads) is the "
+                  f"litserve row's", flush=True)
+            servers.remove("litserve-matched")
+        print(f"CPU: {cpu_model()}; {os.cpu_count()} CPUs, torch threads: service {layout.runners} "
+              f"inference runner(s) on {layout.threads} each and {cpus} decoding, litserve 1 worker on "
+              f"{cpus}, litserve-matched {layout.runners} on {layout.threads} each, naive torch's default")
+        print(f"service's inference layout, as it chooses it: {layout.runners} runner(s) on "
+              f"{layout.threads} torch thread(s): {layout.reason}")
         print(f"model: {root / paths.CLASSIFIER} md5 {loaded.md5}, {model.num_classes} classes, "
               f"{model.image_size} px{' (untrained)' if args.image_size is not None else ''}")
         print(f"upload: {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG q90, {len(jpeg)} bytes; decode + resize "
               f"{1000 * model.decode_s:.2f} ms (median of {args.forward_calls})")
-        print(f"bare forward of the served artifact ({model.artifact}) on {threads} torch threads: batch 1 "
-              f"{1000 * model.forward_1_s:.2f} ms, batch 16 "
+        print(f"bare forward of the served artifact ({model.artifact}) on {layout.threads} torch threads: "
+              f"batch 1 {1000 * model.forward_1_s:.2f} ms, batch 16 "
               f"{1000 * model.forward_16_s:.2f} ms ({1000 * model.forward_16_s / 16:.2f} ms/image); "
               f"batch 1 on {cpus}: {1000 * model.forward_1_all_s:.2f} ms "
               f"(median of {args.forward_calls})", flush=True)
@@ -354,13 +375,14 @@ def main(argv: list[str] | None = None) -> list[LoadResult]:
 
         results = []
         for name in servers:
-            spec = server_spec(name, root, free_port(), args.h11)
+            spec = server_spec(name, root, free_port(), args.h11, layout)
             with running(spec, root, logs / f"{name}.log") as url:
                 if name == "naive":
                     naive_threads = httpx.get(url + "/ready", timeout=5).json()["torch_threads"]
                     print(f"naive: {naive_threads} torch threads", flush=True)
                 if name == "service":
-                    print(f"service: inference on {service_threads(url)} torch threads", flush=True)
+                    runners, threads = service_layout(url)
+                    print(f"service: {runners} inference runner(s) on {threads} torch thread(s)", flush=True)
                 if args.warmup > 0:
                     measure(name, url, jpeg, max(args.concurrency), args.warmup)
                 for concurrency in args.concurrency:

@@ -3,7 +3,8 @@ Run with ``python -m serve`` (or ``uvicorn serve.app:app``).
 
 Startup loads only the model files that dvc.lock records, and refuses to start otherwise.
 Uploads decode in a thread pool as wide as the CPU quota; every model call goes through one
-inference thread that batches waiting requests (serve/batching.py).
+inference worker that batches waiting requests and runs the batches on its runner threads
+(serve/batching.py).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from starlette.types import Scope
 from flowerlab.imaging import to_png
 from serve.batching import (
     DeadlineExceeded,
+    InferenceLayout,
     InferenceWorker,
     QueueFull,
     WorkerStopped,
-    choose_inference_threads,
+    choose_inference_layout,
     cpu_threads,
     use_torch_threads,
 )
@@ -41,6 +43,7 @@ from serve.monitoring import (
     DECODE_SECONDS,
     GENERATED_SAMPLES,
     GENERATION_SECONDS,
+    INFERENCE_RUNNERS,
     INFERENCE_THREADS,
     PREDICTION_SECONDS,
     RECONSTRUCTION_SECONDS,
@@ -103,7 +106,7 @@ class Service:
     worker: InferenceWorker  # runs every model call, in batches
     cpu_pool: CapacityLimiter  # threads decoding uploads and encoding PNGs at once
     drift: DriftMonitor  # /predict's recent inputs and confidences against the training reference
-    threads_reason: str  # why the inference thread runs torch on worker.threads threads
+    layout: InferenceLayout  # the worker's runners and their torch threads, and why
 
 
 def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what: str) -> Any:
@@ -120,8 +123,8 @@ def validated_metrics(schema: type[BaseModel], raw: dict[str, Any] | None, what:
 def build_service(settings: ServeSettings, threads: int) -> Service:
     """Verify and load the models dvc.lock records under ``settings.root``; raise ModelLoadError.
     ``threads``: the CPUs of the quota: the width of the pool that decodes uploads; the inference
-    thread's count, unless set, is ``choose_inference_threads``' choice from the classifier's and a photo's
-    decode costs, measured here after the warm-up."""
+    worker's runners and their torch threads, unless set, are ``choose_inference_layout``'s choice from
+    the classifier's and a photo's decode costs, measured here after the warm-up."""
     loaded = load_artifacts(settings.root)
     classifier, encoder, decoder = (loaded[a.name] for a in (CLASSIFIER, VAE_ENCODER, VAE_DECODER))
     predictor, fallback_reason = choose_classifier(settings.root, classifier, settings.max_pixels,
@@ -144,17 +147,19 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
                               artifact=predictor.artifact, fallback_reason=fallback_reason)
     ready = ReadyResponse(model=info, served=served, test_metrics=test_metrics, vae=vae_info,
                           vae_metrics=vae_metrics)
-    model_threads, threads_reason = choose_inference_threads(
-        threads, settings.inference_threads, lambda: predictor.measure_costs(settings.max_batch))
-    INFERENCE_THREADS.set(model_threads)
+    layout = choose_inference_layout(threads, settings.inference_runners, settings.inference_threads,
+                                     lambda: predictor.measure_costs(settings.max_batch))
+    INFERENCE_THREADS.set(layout.threads)
+    INFERENCE_RUNNERS.set(layout.runners)
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue,
-                             model_threads, wait_only_for_incoming=settings.batch_wait_for_incoming_only)
+                             layout.threads, wait_only_for_incoming=settings.batch_wait_for_incoming_only,
+                             runners=layout.runners)
     reference, no_reference = load_reference(settings.root)
     if no_reference:
         logger.info("drift monitoring is off: %s", no_reference)
     drift = DriftMonitor(reference, settings.drift_window, settings.drift_min_samples,
                          settings.drift_threshold, no_reference)
-    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift, threads_reason)
+    return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift, layout)
 
 
 @asynccontextmanager
@@ -163,7 +168,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         # Read here, not at import, so tests and deployments can set FLOWERLAB_* before startup.
         settings = ServeSettings()
-        # The CPUs of the container's quota. Only the inference thread runs torch on several
+        # The CPUs of the container's quota. Only the inference runners may run torch on several
         # threads (see single_threaded): this thread loads and warms up the models on one.
         threads = cpu_threads()
         use_torch_threads(1)
@@ -173,9 +178,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise RuntimeError(f"refusing to start: {error}") from None
     service.worker.start()
     app.state.service = service
-    logger.info("%d CPUs: inference on %d torch threads (%s), %d decoding threads; batches of up to "
-                "%d, %.1f ms wait, %d queued at most", threads, service.worker.threads,
-                service.threads_reason, threads, settings.max_batch, settings.batch_wait_ms,
+    layout = service.layout
+    logger.info("%d CPUs: inference on %d runner(s) of %d torch thread(s) (%s), %d decoding threads; "
+                "batches of up to %d, %.1f ms wait, %d queued at most", threads, layout.runners,
+                layout.threads, layout.reason, threads, settings.max_batch, settings.batch_wait_ms,
                 settings.max_queue)
     served = service.ready.served
     logger.info("serving %s (%s, md5 %s), %s (md5 %s) and %s (md5 %s) from %s",
@@ -218,7 +224,7 @@ async def read_upload(service: Service, file: UploadFile) -> bytes:
 def single_threaded(function: Callable[..., T], *args: Any) -> T:
     """``function(*args)`` with one torch (OpenMP) thread in the calling thread.
 
-    Only the inference thread runs torch on several threads. Each other thread that ran torch
+    Only the inference runners may run torch on several threads. Each other thread that ran torch
     multi-threaded would keep an OpenMP team of its own, and once libgomp manages more threads than
     there are CPUs it stops spinning between parallel regions: on an AMX Xeon (2 cores) that made
     the int8 forward at batch 1 take 6.1 ms in a second thread against 2.7 ms alone."""

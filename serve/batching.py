@@ -1,11 +1,12 @@
-"""One inference thread with dynamic batching, and the CPU count torch should use.
+"""One inference worker with dynamic batching, and the CPU count torch should use.
 
-Requests decode in a thread pool, then ``await worker.infer(...)``: their tensor joins a bounded queue,
-and the worker thread takes whatever is waiting (up to ``max_batch`` items, waiting at most
-``wait_s`` for more, and with ``wait_only_for_incoming`` only while other requests are still
-decoding), runs each model once on the concatenation and resolves each request's asyncio
-future through ``loop.call_soon_threadsafe``. A job whose deadline passes leaves the queue, or the batch
-it was taken into, without being computed.
+Requests decode in a thread pool, then ``await worker.infer(...)``: their tensor joins a bounded queue.
+The worker's runner threads take turns at it: one at a time forms the next batch (whatever is waiting,
+up to ``max_batch`` items, waiting at most ``wait_s`` for more, and with ``wait_only_for_incoming``
+only while other requests are still decoding), then runs each model once on the concatenation while
+the next runner forms the following batch; each request's asyncio future is resolved through
+``loop.call_soon_threadsafe``. A job whose deadline passes leaves the queue, or the batch it was taken
+into, without being computed.
 """
 
 from __future__ import annotations
@@ -55,41 +56,62 @@ REQUEST_OVERHEAD_S = 0.002
 ALL_CPUS_COST_RATIO = 2.0
 
 
-def inference_threads(cpus: int, model_s: float | None = None,
-                      decode_s: float | None = None) -> tuple[int, str]:
-    """torch threads for the inference thread, given ``cpus``, and why.
+@dataclass(frozen=True)
+class InferenceLayout:
+    """How the worker runs the models: ``runners`` threads that each take and run whole batches, each
+    on ``threads`` torch threads; and why."""
+
+    runners: int
+    threads: int
+    reason: str
+
+
+def inference_layout(cpus: int, model_s: float | None = None,
+                     decode_s: float | None = None) -> InferenceLayout:
+    """The worker's runners and torch threads, given ``cpus``, and why.
 
     ``model_s``: the classifier's time per image at the largest batch on one thread; ``decode_s``:
     a photo-sized upload's decode on one thread (both measured at startup; None: unknown).
-    Decoding threads run beside the model. Where the model is the smaller cost, it runs on all
-    CPUs but one, which decoding keeps: had it every CPU, its OpenMP team would wait at each op's
-    barrier for a member the decoders took the CPU from. On an AMX Xeon (2 cores; int8 ResNet18 at
-    224 px, 3.4 ms an image on one thread, decode 2.4 ms), ``benchmarks/serve_load.py``-style load at
-    concurrency 16 gave 207-212 requests/s with the model on 1 thread and 143-159 on 2. Where the
-    model dominates, that one CPU is worth more to it: on an AVX2-only EPYC (2 cores; the same
-    model at 23.8 ms an image, decode 1.8 ms) it gave 64.2 requests/s on 2 threads and 40.0 on 1.
+
+    Where the model dominates a request it gets every CPU, in one runner: on an AVX2-only EPYC
+    (2 cores; int8 ResNet18 at 224 px, 23.8 ms an image on one thread, decode 1.8 ms)
+    ``benchmarks/serve_load.py`` at concurrency 16 gave 64.2 requests/s on 2 threads and 40.0 on 1,
+    and a lone request runs at the speed of both CPUs.
+
+    Where the model is the smaller cost, one runner per CPU, each on one torch thread: while one
+    computes a batch the next forms, and the decoding threads and the event loop share the CPUs
+    with them through the OS scheduler. No runner has an OpenMP team that would wait at each op's
+    barrier for a member the decoders took the CPU from: on an AMX Xeon (2 cores; the same model at
+    3.4 ms an image, decode 2.4 ms) one runner on 2 threads gave 143-159 requests/s and one on
+    1 thread 207-212; on a Zen 5 EPYC (4.4 ms, decode 1.0 ms) one runner on 1 thread gave 205-215
+    and two runners on 1 thread each 271-272.
     """
     if cpus <= 1:
-        return 1, "1 CPU"
+        return InferenceLayout(1, 1, "1 CPU")
     if model_s is None or decode_s is None:
-        return cpus - 1, "all CPUs but one, which decoding keeps (model cost not measured)"
+        return InferenceLayout(cpus, 1, "a runner per CPU (model cost not measured)")
     rest = decode_s + REQUEST_OVERHEAD_S
     costs = (f"the model takes {1000 * model_s:.2f} ms an image on one thread, the rest of a request "
              f"about {1000 * rest:.2f} ms (decode {1000 * decode_s:.2f} + {1000 * REQUEST_OVERHEAD_S:.0f})")
     if model_s >= ALL_CPUS_COST_RATIO * rest:
-        return cpus, f"all CPUs: {costs}, so the model costs {model_s / rest:.1f}x the rest"
-    return cpus - 1, (f"all CPUs but one, which decoding keeps: {costs}, so the model costs "
-                       f"{model_s / rest:.1f}x the rest, under {ALL_CPUS_COST_RATIO:g}x")
+        return InferenceLayout(1, cpus, f"one runner on all CPUs: {costs}, so the model costs "
+                                        f"{model_s / rest:.1f}x the rest")
+    return InferenceLayout(cpus, 1, f"a runner per CPU, each on one thread: {costs}, so the model "
+                                    f"costs {model_s / rest:.1f}x the rest, under {ALL_CPUS_COST_RATIO:g}x")
 
 
-def choose_inference_threads(cpus: int, configured: int | None,
-                             measure_costs: Callable[[], tuple[float, float]]) -> tuple[int, str]:
-    """``configured`` (FLOWERLAB_INFERENCE_THREADS) where set, else :func:`inference_threads` from
-    ``measure_costs()`` (model and decode seconds, as ``ClassifierPredictor.measure_costs``), which is
-    called only where there is a choice (more than one CPU); and why."""
-    if configured:
-        return configured, "set by FLOWERLAB_INFERENCE_THREADS"
-    return inference_threads(cpus, *measure_costs()) if cpus > 1 else inference_threads(cpus)
+def choose_inference_layout(cpus: int, runners: int | None, threads: int | None,
+                            measure_costs: Callable[[], tuple[float, float]]) -> InferenceLayout:
+    """``runners`` and ``threads`` (FLOWERLAB_INFERENCE_RUNNERS and _THREADS) where set, else
+    :func:`inference_layout` from ``measure_costs()`` (model and decode seconds, as
+    ``ClassifierPredictor.measure_costs``), which is called only where there is a choice (more than
+    one CPU). Where only one is set, the other fills the quota: 1 runner for a set thread count,
+    ``cpus // runners`` threads (at least 1) for a set runner count."""
+    if runners or threads:
+        runners = runners or 1
+        threads = threads or max(1, cpus // runners)
+        return InferenceLayout(runners, threads, "set by FLOWERLAB_INFERENCE_RUNNERS/_THREADS")
+    return inference_layout(cpus, *measure_costs()) if cpus > 1 else inference_layout(cpus)
 
 
 def use_torch_threads(count: int) -> None:
@@ -131,12 +153,13 @@ class Job:
 
 
 class InferenceWorker:
-    """The one thread that runs the models; ``infer`` is its asyncio side."""
+    """The threads that run the models (``runners`` of them, see :func:`inference_layout`); ``infer``
+    is its asyncio side."""
 
     def __init__(self, max_batch: int, wait_s: float, max_queue: int, threads: int | None = None,
-                 wait_only_for_incoming: bool = False) -> None:
+                 wait_only_for_incoming: bool = False, runners: int = 1) -> None:
         self.max_batch, self.wait_s, self.max_queue = max_batch, wait_s, max_queue
-        self.threads = threads  # torch threads for the models; None keeps torch's count
+        self.threads = threads  # torch threads of each runner; None keeps torch's count
         # True: a forming batch waits for more only while requests are decoding (``incoming``), so a
         # lone request runs at once instead of after the whole window.
         self.wait_only_for_incoming = wait_only_for_incoming
@@ -144,20 +167,31 @@ class InferenceWorker:
         self.history: deque[tuple[str, int]] = deque(maxlen=HISTORY)
         self._queue: deque[Job] = deque()
         self._changed = threading.Condition()
+        self._forming = threading.Lock()  # held by the one runner forming a batch
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name=f"inference-{i}", daemon=True)
+                         for i in range(runners)]
+
+    @property
+    def runners(self) -> int:
+        return len(self._threads)
 
     def start(self) -> None:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
 
     def stop(self) -> None:
         """Refuse new jobs, finish every queued one (each as usual: computed, or expired past its
-        deadline), and end the thread. Blocks until then: call it off the event loop that waits."""
+        deadline), and end the runners. Blocks until then: call it off the event loop that waits."""
         with self._changed:
             self._stopping = True
-            self._changed.notify()
-        if self._thread.is_alive():
-            self._thread.join()
+            self._changed.notify_all()
+        for thread in self._threads:
+            if thread.is_alive():
+                thread.join()
+
+    def alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
 
     @contextlib.contextmanager
     def incoming(self) -> Iterator[None]:
@@ -220,8 +254,9 @@ class InferenceWorker:
 
     def _take(self) -> list[Job] | None:
         """The next batch: at least one job, then more up to ``max_batch`` items until ``wait_s``
-        has passed since the first; a job that would not fit waits for the next batch."""
-        with self._changed:
+        has passed since the first; a job that would not fit waits for the next batch. One runner
+        at a time forms a batch; the others compute theirs meanwhile or wait for their turn."""
+        with self._forming, self._changed:
             while not self._queue and not self._stopping:
                 self._changed.wait()
             if not self._queue:  # stopping, and nothing left to finish

@@ -33,7 +33,9 @@ DECODE_SECONDS = Histogram("flowerlab_decode_seconds",
                            "Time to decode and preprocess one upload, in the thread pool", ["kind"],
                            buckets=LATENCY_BUCKETS)
 INFERENCE_THREADS = Gauge("flowerlab_inference_threads",
-                          "torch threads of the inference worker (chosen at startup, see serve.batching)")
+                          "torch threads of each inference runner (chosen at startup, see serve.batching)")
+INFERENCE_RUNNERS = Gauge("flowerlab_inference_runners",
+                          "Threads of the inference worker that each run whole batches (chosen at startup)")
 EXPIRED_JOBS = Counter("flowerlab_inference_expired",
                        "Jobs dropped from a batch, not computed: deadline passed or request gone", ["kind"])
 REJECTED = Counter("flowerlab_rejected_inputs", "Requests rejected for their input, by reason", ["reason"])

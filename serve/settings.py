@@ -11,7 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class ServeSettings(BaseSettings):
     """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``_BATCH_WAIT_FOR_INCOMING_ONLY``,
-    ``FLOWERLAB_INFERENCE_THREADS``, ``FLOWERLAB_MAX_QUEUE`` and ``FLOWERLAB_REQUEST_TIMEOUT_S``;
+    ``FLOWERLAB_INFERENCE_RUNNERS``, ``FLOWERLAB_INFERENCE_THREADS``, ``FLOWERLAB_MAX_QUEUE`` and
+    ``FLOWERLAB_REQUEST_TIMEOUT_S``;
     ``FLOWERLAB_SHUTDOWN_TIMEOUT_S`` for ``python -m serve``; the drift monitor's
     ``FLOWERLAB_DRIFT_WINDOW``, ``_DRIFT_MIN_SAMPLES`` and ``_DRIFT_THRESHOLD``."""
 
@@ -30,8 +31,10 @@ class ServeSettings(BaseSettings):
     # True: it waits only while other requests are still decoding, so a lone request runs at once;
     # False: always the whole window (a fixed delay, e.g. to hold requests in flight in a test).
     batch_wait_for_incoming_only: bool = True
-    # torch threads of the inference thread; unset: chosen at startup from the model's and a photo's
-    # decode costs (serve.batching.inference_threads): every CPU of the quota, or all but one.
+    # The inference worker's runner threads (each takes and runs whole batches) and the torch threads
+    # of each; unset: chosen at startup from the model's and a photo's decode costs
+    # (serve.batching.inference_layout): one runner on every CPU of the quota, or a runner per CPU.
+    inference_runners: PositiveInt | None = None
     inference_threads: PositiveInt | None = None
     # Jobs waiting for the worker; one more answers 503 with Retry-After.
     max_queue: PositiveInt = 64

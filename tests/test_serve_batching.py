@@ -27,8 +27,9 @@ from serve.batching import (
     InferenceWorker,
     QueueFull,
     WorkerStopped,
+    choose_inference_layout,
     cpu_threads,
-    inference_threads,
+    inference_layout,
 )
 from serve.predictor import ClassifierPredictor, VaePredictor
 from tests.builders import CLASSES, encode_image, noise_image
@@ -143,23 +144,41 @@ AMX_COSTS, AVX2_COSTS = (0.00336, 0.00238), (0.0238, 0.00181)
 
 
 @pytest.mark.parametrize("cpus, costs, expected", [
-    (2, AMX_COSTS, 1),  # the model the smaller cost: decoding keeps a CPU
-    (2, AVX2_COSTS, 2),  # the model dominates: it gets both
-    (4, AMX_COSTS, 3),
-    (4, AVX2_COSTS, 4),
-    (1, AVX2_COSTS, 1),
-    (3, (None, None), 2),  # not measured: all but one
+    (2, AMX_COSTS, (2, 1)),  # the model the smaller cost: a runner per CPU, one thread each
+    (2, AVX2_COSTS, (1, 2)),  # the model dominates: one runner on both
+    (4, AMX_COSTS, (4, 1)),
+    (4, AVX2_COSTS, (1, 4)),
+    (1, AVX2_COSTS, (1, 1)),
+    (3, (None, None), (3, 1)),  # not measured: a runner per CPU
 ])
-def test_inference_threads_follow_the_measured_costs(cpus: int, costs: tuple, expected: int) -> None:
-    threads, reason = inference_threads(cpus, *costs)
-    assert threads == expected
-    assert reason
+def test_inference_layout_follows_the_measured_costs(cpus: int, costs: tuple, expected: tuple) -> None:
+    layout = inference_layout(cpus, *costs)
+    assert (layout.runners, layout.threads) == expected
+    assert layout.reason
 
 
-def test_the_model_gets_every_cpu_from_twice_the_rest_of_a_request() -> None:
+def test_the_model_gets_every_cpu_in_one_runner_from_twice_the_rest_of_a_request() -> None:
     decode = 0.001  # the rest: decode + 2 ms of HTTP = 3 ms
-    assert inference_threads(2, 0.0061, decode)[0] == 2
-    assert inference_threads(2, 0.0059, decode)[0] == 1
+    dominant, smaller = inference_layout(2, 0.0061, decode), inference_layout(2, 0.0059, decode)
+    assert (dominant.runners, dominant.threads) == (1, 2)
+    assert (smaller.runners, smaller.threads) == (2, 1)
+
+
+@pytest.mark.parametrize("cpus, runners, threads, expected", [
+    (4, None, 2, (1, 2)),  # a set thread count: one runner, as before runners could be set
+    (4, 2, None, (2, 2)),  # a set runner count: the quota shared among them
+    (3, 2, None, (2, 1)),
+    (1, 3, None, (3, 1)),
+    (2, 3, 2, (3, 2)),  # both set: as set
+])
+def test_a_set_layout_is_taken_as_set_without_measuring(cpus: int, runners: int | None, threads: int | None,
+                                                        expected: tuple) -> None:
+    def never() -> tuple[float, float]:
+        raise AssertionError("measured although the layout was set")
+
+    layout = choose_inference_layout(cpus, runners, threads, never)
+    assert (layout.runners, layout.threads) == expected
+    assert "FLOWERLAB_INFERENCE" in layout.reason
 
 
 def test_startup_measures_the_costs_it_chooses_the_threads_from(served_root: Path,
@@ -176,22 +195,27 @@ def test_startup_measures_the_costs_it_chooses_the_threads_from(served_root: Pat
             assert post(client, IMAGES[0]).status_code == 200
             [(batch, (model_s, decode_s))] = measured
             assert batch == 5 and 0 < model_s < 5 and 0 < decode_s < 5
-            assert (service.worker.threads, service.threads_reason) == inference_threads(2, model_s, decode_s)
-            assert f"flowerlab_inference_threads {service.worker.threads:.1f}" in client.get("/metrics").text
+            assert service.layout == inference_layout(2, model_s, decode_s)
+            assert (service.worker.runners, service.worker.threads) == (service.layout.runners,
+                                                                        service.layout.threads)
+            metrics = client.get("/metrics").text
+            assert f"flowerlab_inference_threads {service.worker.threads:.1f}" in metrics
+            assert f"flowerlab_inference_runners {service.worker.runners:.1f}" in metrics
     finally:
         torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("cpus, settings, costs, model_threads", [
-    (3, {}, AMX_COSTS, 2),  # all CPUs of the quota but one: decoding keeps one
-    (2, {}, AMX_COSTS, 1),
-    (2, {}, AVX2_COSTS, 2),  # a model that costs far more than decoding gets every CPU
-    (1, {}, AVX2_COSTS, 1),
-    (2, {"inference_threads": 2}, AMX_COSTS, 2),  # FLOWERLAB_INFERENCE_THREADS
-    (2, {"inference_threads": 1}, AVX2_COSTS, 1),
+@pytest.mark.parametrize("cpus, settings, costs, runners, model_threads", [
+    (3, {}, AMX_COSTS, 3, 1),  # a runner per CPU of the quota, each on one thread
+    (2, {}, AMX_COSTS, 2, 1),
+    (2, {}, AVX2_COSTS, 1, 2),  # a model that costs far more than decoding: one runner on every CPU
+    (1, {}, AVX2_COSTS, 1, 1),
+    (2, {"inference_threads": 2}, AMX_COSTS, 1, 2),  # FLOWERLAB_INFERENCE_THREADS
+    (2, {"inference_threads": 1}, AVX2_COSTS, 1, 1),
+    (2, {"inference_runners": 2}, AVX2_COSTS, 2, 1),  # FLOWERLAB_INFERENCE_RUNNERS
 ])
 def test_only_the_worker_runs_torch_on_several_threads(served_root: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      cpus: int, settings: dict, costs: tuple,
+                                                      cpus: int, settings: dict, costs: tuple, runners: int,
                                                       model_threads: int) -> None:
     """Decoding threads and the event loop's thread run torch on one thread: an OpenMP team in each
     would oversubscribe the CPUs (see serve.app.single_threaded)."""
@@ -203,7 +227,10 @@ def test_only_the_worker_runs_torch_on_several_threads(served_root: Path, monkey
     try:
         with started(served_root, monkeypatch, **settings) as client:
             assert client.app.state.service.cpu_pool.total_tokens == cpus
-            assert client.get("/metrics").text.count(f"flowerlab_inference_threads {model_threads:.1f}") == 1
+            metrics = client.get("/metrics").text
+            assert metrics.count(f"flowerlab_inference_threads {model_threads:.1f}") == 1
+            assert metrics.count(f"flowerlab_inference_runners {runners:.1f}") == 1
+            assert worker_of(client).runners == runners
             monkeypatch.setattr(ClassifierPredictor, "predict", lambda self, batch: (
                 seen["predict"].append(torch.get_num_threads()) or predict(self, batch)))
             monkeypatch.setattr(ClassifierPredictor, "decode_request", lambda self, data: (
@@ -335,6 +362,37 @@ def test_a_job_that_expires_inside_a_forming_batch_is_not_computed() -> None:
     asyncio.run(scenario())
 
 
+def test_a_second_runner_computes_the_next_batch_while_the_first_is_busy() -> None:
+    entered = {1.0: threading.Event(), 2.0: threading.Event()}
+    opened, batches = threading.Event(), []
+
+    def gated(batch: torch.Tensor) -> torch.Tensor:
+        batches.append(batch.tolist())
+        entered[batch[0].item()].set()
+        assert opened.wait(WAIT_S)
+        return batch * 2
+
+    async def scenario() -> None:
+        worker = InferenceWorker(max_batch=2, wait_s=0, max_queue=4, runners=2)
+        worker.start()
+        try:
+            until = time.monotonic() + WAIT_S
+            first = asyncio.ensure_future(worker.infer("k", gated, torch.tensor([1.0]), until))
+            assert await asyncio.to_thread(entered[1.0].wait, WAIT_S)
+            # The first runner is held inside the model: the second takes what waits next.
+            second = asyncio.ensure_future(worker.infer("k", gated, torch.tensor([2.0, 3.0]), until))
+            assert await asyncio.to_thread(entered[2.0].wait, WAIT_S), "no second runner took the job"
+            opened.set()
+            assert [(await job).tolist() for job in (first, second)] == [[2.0], [4.0, 6.0]]
+        finally:
+            opened.set()
+            worker.stop()
+        assert batches == [[1.0], [2.0, 3.0]]
+        assert not worker.alive() and worker.runners == 2
+
+    asyncio.run(scenario())
+
+
 def test_stopping_finishes_what_is_queued_and_refuses_new_jobs() -> None:
     entered, opened = threading.Event(), threading.Event()
 
@@ -361,7 +419,7 @@ def test_stopping_finishes_what_is_queued_and_refuses_new_jobs() -> None:
         await stopping
         assert (await first).tolist() == [2.0]
         assert [(await job).tolist() for job in queued] == [[6.0], [8.0]]  # computed, not failed
-        assert not worker._thread.is_alive()
+        assert not worker.alive()
 
     asyncio.run(scenario())
 
@@ -389,7 +447,10 @@ def test_batched_predictions_equal_single_image_predictions(client: TestClient, 
 
 def test_full_queue_is_503_with_retry_after_and_the_service_recovers(served_root: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    with started(served_root, monkeypatch, max_queue=1) as client, ThreadPoolExecutor(2) as pool:
+    # One runner, so that the one gated request holds the whole worker (with more, each would have
+    # to be held) and the next request waits in the queue.
+    with started(served_root, monkeypatch, max_queue=1, inference_runners=1) as client, \
+            ThreadPoolExecutor(2) as pool:
         gate = Gate(monkeypatch, ClassifierPredictor, "predict")
         try:
             running = pool.submit(post, client, IMAGES[0])
@@ -413,7 +474,8 @@ def test_full_queue_is_503_with_retry_after_and_the_service_recovers(served_root
 
 def test_request_past_its_deadline_is_504_and_never_computed(served_root: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    with started(served_root, monkeypatch, request_timeout_s=2) as client, ThreadPoolExecutor(1) as pool:
+    with started(served_root, monkeypatch, request_timeout_s=2, inference_runners=1) as client, \
+            ThreadPoolExecutor(1) as pool:
         gate = Gate(monkeypatch, ClassifierPredictor, "predict")
         expired = sample("flowerlab_inference_expired_total", kind="predict")
         try:
@@ -442,7 +504,10 @@ def test_predict_runs_between_the_chunks_of_a_large_generate(client: TestClient,
         finished.append(name)
         return response
 
-    with started(served_root, monkeypatch, max_batch=16) as batched, ThreadPoolExecutor(2) as pool:
+    # One runner: the case where a /predict could wait behind the whole /generate (a second runner
+    # would take it at once).
+    with started(served_root, monkeypatch, max_batch=16, inference_runners=1) as batched, \
+            ThreadPoolExecutor(2) as pool:
         gate = Gate(monkeypatch, VaePredictor, "decode", blocked=(0, 15))  # the first and last chunks
         try:
             generating = pool.submit(run, "generate",
