@@ -84,7 +84,7 @@ def inference_layout(cpus: int, model_s: float | None = None,
     barrier for a member the decoders took the CPU from: on an AMX Xeon (2 cores; the same model at
     3.4 ms an image, decode 2.4 ms) one runner on 2 threads gave 143-159 requests/s and one on
     1 thread 207-212; on a Zen 5 EPYC (4.4 ms, decode 1.0 ms) one runner on 1 thread gave 205-215
-    and two runners on 1 thread each 271-272.
+    and two runners on 1 thread each 251-272 (README, "Serving").
     """
     if cpus <= 1:
         return InferenceLayout(1, 1, "1 CPU")
