@@ -30,3 +30,15 @@ def test_serve_load_table_for_naive_and_service(tmp_path: Path, monkeypatch: pyt
     assert set(rows) == {"naive", "service"}, out
     assert all(row[-1] == "0" for row in rows.values()), out  # the errors column
     assert "bare forward of the served artifact (" in out and "torch threads" in out
+
+
+def test_litserve_matched_runs_the_services_layout(tmp_path: Path) -> None:
+    from benchmarks import serve_load
+    from serve.batching import InferenceLayout
+
+    matched = serve_load.server_spec("litserve-matched", tmp_path, 8123, layout=InferenceLayout(2, 1, "why"))
+    assert matched.command[-4:] == ["--workers", "2", "--threads", "1"]
+    default = serve_load.server_spec("litserve", tmp_path, 8123, layout=InferenceLayout(2, 1, "why"))
+    assert "--workers" not in default.command and "--threads" not in default.command
+    with pytest.raises(ValueError, match="layout"):
+        serve_load.server_spec("litserve-matched", tmp_path, 8123)
