@@ -10,14 +10,27 @@ the exit at once.
 from __future__ import annotations
 
 import argparse
+import copy
 import signal
 import sys
+from typing import Any
 
 import uvicorn
+from uvicorn.config import LOGGING_CONFIG
 
 from serve.settings import ServeSettings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit status when the application fails to start
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging, plus the project's own loggers (``serve.*``, ``flowerlab.*``) at INFO on
+    uvicorn's default handler, so the startup lines (what is served, the inference layout and why)
+    reach the log; without it Python's root logger drops everything under WARNING."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    for name in ("serve", "flowerlab"):
+        config["loggers"][name] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     timeout = ServeSettings().shutdown_timeout_s
     server = uvicorn.Server(uvicorn.Config("serve.app:app", host=args.host, port=args.port,
-                                           timeout_graceful_shutdown=timeout))
+                                           timeout_graceful_shutdown=timeout, log_config=log_config()))
     for handled in (signal.SIGTERM, signal.SIGINT):
         signal.signal(handled, lambda signum, frame: None)  # uvicorn's re-raise lands here: exit 0
     server.run()

@@ -19,8 +19,13 @@ from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn
 pytestmark = pytest.mark.slow
 
 
-def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_root: Path) -> None:
+def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_root: Path,
+                                    tmp_path: Path) -> None:
     url, ready = server
+    log = (tmp_path / "uvicorn.log").read_text()  # the server fixture's: python -m serve's output
+    # The service's own INFO lines: the inference layout and why, and what it serves.
+    assert " torch thread(s) (" in log and "decoding threads; batches of up to 16" in log, log
+    assert f"serving {ready.json()['served']['path']} (" in log, log
     assert ready.json()["model"]["md5"] == file_md5(served_root / paths.CLASSIFIER)
     buffer = io.BytesIO()
     Image.new("RGB", (50, 30), (200, 40, 90)).save(buffer, "JPEG")
