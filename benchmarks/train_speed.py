@@ -1,6 +1,7 @@
 """Training speed at 32, 128 and 224 px: the plain fp32 eager baseline against what `auto` picks.
 
     python -m benchmarks.train_speed [--sizes 32 128 224] [--seconds 6] [--workers 0] [--compile]
+                                     [--progressive EPOCHS]
 
 No pipeline outputs are needed: the model is the project's ResNet18 (102 classes) and the images
 are random uint8 pixels, so the figures measure speed only. For each size it runs, in this one
@@ -15,7 +16,14 @@ process, one after the other, with the same seed, batch and thread count:
 - ``channels_last bf16``: shown where `auto` did not pick bf16, to show why not;
 - ``channels_last fp32``: shown where `auto` picked neither, to show why not;
 - with ``--compile``, ``auto + torch.compile``: the model compiled by Inductor (its first two
-  steps, the compile included, are printed separately).
+  steps, the compile included, are printed separately);
+- with ``--progressive EPOCHS``, where the train stage resizes progressively at that size
+  (``train.progressive_resize: auto``, from 64 px): `auto` timed at each smaller size of an
+  ``EPOCHS``-epoch run's schedule (``flowerlab.data.transforms.progressive_size``; the precision,
+  memory format and batch of the full size, as the stage keeps them), and the run's images/s:
+  every epoch has as many images, so it is the epochs over the sum of each epoch's time per image.
+  That is a speed over a whole run, not a per-step one: the same number of epochs is the same
+  training only where accuracy is no worse (README, "Progressive resizing").
 
 It prints training images/s (forward, backward, AdamW step) and each config's ratio to the
 baseline, and the data-wait share: the time the training DataLoader (the stage's own transforms
@@ -47,7 +55,7 @@ from flowerlab.classifier.network import ImageClassifier
 from flowerlab.classifier.small_maps import use_gemm_weight_grad
 from flowerlab.data.datamodule import StoredImages
 from flowerlab.data.store import PreparedData
-from flowerlab.data.transforms import BatchAugment, choose_augmentation
+from flowerlab.data.transforms import BatchAugment, choose_augmentation, choose_progressive, progressive_size
 from flowerlab.hardware import choose_channels_last, choose_precision, cpu_model
 from serve.predictor import median_seconds
 
@@ -164,12 +172,30 @@ def batch_seconds(size: int, batch: int, workers: int, batches: int = 12, augmen
     return (time.perf_counter() - start) / (batches - 1)
 
 
+def progressive_run_speed(size: int, batch: int, epochs: int, full_speed: float, channels_last: bool,
+                          bf16: bool, seconds: float) -> float:
+    """Training images/s over an ``epochs``-epoch run that resizes progressively to ``size``: `auto`
+    timed at each size of the schedule below ``size`` (``full_speed`` at ``size`` itself), each epoch
+    the same number of images. Prints each size's speed and its epochs."""
+    schedule = [progressive_size(epoch, epochs, size) for epoch in range(epochs)]
+    speed = {size: full_speed}
+    for smaller in sorted(set(schedule) - {size}):
+        torch.manual_seed(0)
+        images, labels = torch.rand(batch, 3, smaller, smaller), torch.randint(0, CLASSES, (batch,))
+        speed[smaller] = images_per_second(images, labels, channels_last, bf16, seconds)
+    print(f"{size:4d} {batch:5d} progressive {epochs}-epoch run, auto at each size: " + ", ".join(
+        f"{s} px {speed[s]:.1f} img/s x {schedule.count(s)} epochs" for s in sorted(speed)))
+    return epochs / sum(1 / speed[s] for s in schedule)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 224])
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per config")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers for the data wait")
     parser.add_argument("--compile", action="store_true", help="also time auto + torch.compile")
+    parser.add_argument("--progressive", type=int, default=None, metavar="EPOCHS",
+                        help="also the images/s over an EPOCHS-epoch run that resizes progressively")
     parser.add_argument("--matmul-size", type=int, default=2048,
                         help="largest side of the ceiling's matrix products")
     args = parser.parse_args()
@@ -197,6 +223,11 @@ def main() -> None:
                   for index, (_, cl, bf16, compiled) in enumerate(configs)]
         for (name, *_), speed in zip(configs, speeds):
             print(f"{size:4d} {batch:5d} {name:30s} {speed:7.1f} {speed / speeds[0]:6.2f}")
+        if args.progressive and choose_progressive(None, size)[0]:
+            run = progressive_run_speed(size, batch, args.progressive, speeds[1], auto_cl, auto_bf16,
+                                        args.seconds)
+            print(f"{size:4d} {batch:5d} {f'auto, progressive {args.progressive}-epoch run':30s} {run:7.1f} "
+                  f"{run / speeds[0]:6.2f}")
         steps.append((size, batch, speeds[0], speeds[1], auto_bf16))
         step = batch / speeds[1]
         preset, augmentation = choose_augmentation("auto", size)

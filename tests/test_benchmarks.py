@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
@@ -21,6 +22,35 @@ def test_train_speed_prints_the_baseline_and_what_auto_picks() -> None:
     assert "% of an auto step" in out, out
     ceiling = [line for line in out.splitlines() if line.startswith("  16") and "ceiling" in line]
     assert len(ceiling) == 1 and "an fp32 path can be at most" in ceiling[0], out
+
+
+def test_train_speed_times_a_progressive_run_at_each_size_of_its_schedule(monkeypatch) -> None:
+    from benchmarks import train_speed
+    from flowerlab.data.transforms import progressive_size
+
+    timed = []
+
+    def fake_speed(images, labels, channels_last, bf16, seconds):  # images/s falling with the pixels
+        timed.append((images.shape[-1], channels_last, bf16, len(labels)))
+        return 1e6 / images.shape[-1] ** 2
+
+    monkeypatch.setattr(train_speed, "images_per_second", fake_speed)
+    full = 1e6 / 128**2
+    run = train_speed.progressive_run_speed(128, 8, 20, full, True, True, 0.0)
+    schedule = [progressive_size(epoch, 20, 128) for epoch in range(20)]
+    assert sorted({size for size, *_ in timed}) == sorted(set(schedule) - {128})  # full size: given
+    assert all(rest == [True, True, 8] for _, *rest in timed)  # the full size's config and batch
+    assert run == pytest.approx(20 / sum(size**2 / 1e6 for size in schedule))
+    assert 1.5 * full < run < 4 * full  # a quarter of the pixels for the first epochs
+
+
+def test_train_speed_prints_the_progressive_run() -> None:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.train_speed", "--sizes", "64", "--seconds", "0",
+                          "--matmul-size", "64", "--progressive", "3"],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    assert "progressive 3-epoch run, auto at each size: 32 px" in out and "x 2 epochs, 64 px" in out, out
+    [row] = [line.split() for line in out.splitlines() if "auto, progressive 3-epoch run" in line]
+    assert float(row[-2]) > 0 and float(row[-1]) > 0, out
 
 
 def test_a_training_step_counts_forward_and_both_backward_products() -> None:
