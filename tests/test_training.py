@@ -336,3 +336,55 @@ def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, 
     expected = [progressive_size(epoch, epochs, 64) for epoch in range(epochs)]
     assert expected[0] == 32 and expected[-1] == 64
     assert sides.sides == [side for side in expected for _ in range(2)]  # 2 batches an epoch
+
+
+@pytest.mark.slow
+def test_a_resumed_progressive_run_trains_each_epoch_at_its_scheduled_size(tmp_path, monkeypatch) -> None:
+    """train.resume with progressive resizing: the restored epoch, not epoch 0, sets the size."""
+    import numpy as np
+
+    from flowerlab.config import TrainParams
+    from flowerlab.data.datamodule import FlowerData
+    from flowerlab.data.store import PreparedData, save_prepared
+    from flowerlab.data.transforms import PRESETS
+    from flowerlab.files import write_json
+    from flowerlab.trainer import checkpoints, make_trainer, resume_from
+
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
+                  [], tmp_path / "prepared")
+    write_json(tmp_path / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
+                                         "test": list(range(16, 24))})
+    epochs = 6
+    expected = [progressive_size(epoch, epochs, 64) for epoch in range(epochs)]
+    assert len(set(expected[3:])) > 1  # the resumed epochs span more than one size
+
+    class Sides(L.Callback):
+        def __init__(self, crash_at: int | None):
+            self.crash_at, self.sides = crash_at, []
+
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch == self.crash_at:
+                raise Crash
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            self.sides.append((trainer.current_epoch, batch[0].shape[-1]))
+
+    def fit(resume: bool, crash_at: int | None) -> Sides:
+        sides = Sides(crash_at)
+        L.seed_everything(0)
+        data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8,
+                          augmentation=PRESETS["strong"], progressive_epochs=epochs)
+        run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, "live",
+                           [*checkpoints("ckpt", "val/acc", "max"), sides], name="train",
+                           reload_train_data=True)
+        run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), datamodule=data,
+                ckpt_path=resume_from("ckpt", resume))
+        return sides
+
+    with pytest.raises(Crash):
+        fit(resume=False, crash_at=3)  # epochs 0-2 done, last.ckpt holds the end of epoch 2
+    resumed = fit(resume=True, crash_at=None)
+    assert resumed.sides == [(epoch, expected[epoch]) for epoch in range(3, epochs) for _ in range(2)]
