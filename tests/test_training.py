@@ -297,28 +297,35 @@ def test_the_last_checkpoint_holds_the_weights_training_ended_with(tmp_path) -> 
         assert torch.equal(a, b), name
 
 
+def write_photo_data(folder) -> tuple[str, str]:
+    """24 random 64-px "photos" of 4 classes, prepared and split 16/8/8: their paths."""
+    import numpy as np
+
+    from flowerlab.data.store import PreparedData, save_prepared
+    from flowerlab.files import write_json
+
+    rng = np.random.default_rng(0)
+    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
+                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
+                  [], folder / "prepared")
+    write_json(folder / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
+                                       "test": list(range(16, 24))})
+    return str(folder / "prepared"), str(folder / "split.json")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("workers", [0, 1])  # with a worker, the crop runs in another process
 def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, monkeypatch,
                                                                      workers: int) -> None:
-    import numpy as np
-
     from flowerlab.config import TrainParams
     from flowerlab.data.datamodule import FlowerData
-    from flowerlab.data.store import PreparedData, save_prepared
     from flowerlab.data.transforms import PRESETS
-    from flowerlab.files import write_json
     from flowerlab.trainer import make_trainer
 
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
-                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
-                  [], tmp_path / "prepared")
-    write_json(tmp_path / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
-                                         "test": list(range(16, 24))})
+    prepared, split = write_photo_data(tmp_path)
     epochs = 4
-    data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8, num_workers=workers,
+    data = FlowerData(prepared, split, 8, num_workers=workers,
                       augmentation=PRESETS["strong"], progressive_epochs=epochs)
 
     class BatchSides(L.Callback):
@@ -341,22 +348,13 @@ def test_progressive_training_reloads_its_batches_at_each_epochs_size(tmp_path, 
 @pytest.mark.slow
 def test_a_resumed_progressive_run_trains_each_epoch_at_its_scheduled_size(tmp_path, monkeypatch) -> None:
     """train.resume with progressive resizing: the restored epoch, not epoch 0, sets the size."""
-    import numpy as np
-
     from flowerlab.config import TrainParams
     from flowerlab.data.datamodule import FlowerData
-    from flowerlab.data.store import PreparedData, save_prepared
     from flowerlab.data.transforms import PRESETS
-    from flowerlab.files import write_json
     from flowerlab.trainer import checkpoints, make_trainer, resume_from
 
     monkeypatch.chdir(tmp_path)
-    rng = np.random.default_rng(0)
-    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
-                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
-                  [], tmp_path / "prepared")
-    write_json(tmp_path / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
-                                         "test": list(range(16, 24))})
+    prepared, split = write_photo_data(tmp_path)
     epochs = 6
     expected = [progressive_size(epoch, epochs, 64) for epoch in range(epochs)]
     assert len(set(expected[3:])) > 1  # the resumed epochs span more than one size
@@ -375,7 +373,7 @@ def test_a_resumed_progressive_run_trains_each_epoch_at_its_scheduled_size(tmp_p
     def fit(resume: bool, crash_at: int | None) -> Sides:
         sides = Sides(crash_at)
         L.seed_everything(0)
-        data = FlowerData(str(tmp_path / "prepared"), str(tmp_path / "split.json"), 8,
+        data = FlowerData(prepared, split, 8,
                           augmentation=PRESETS["strong"], progressive_epochs=epochs)
         run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, "live",
                            [*checkpoints("ckpt", "val/acc", "max"), sides], name="train",
