@@ -10,6 +10,7 @@ used by the stages that write it, the service that reads it, and the tests.
 
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 from pathlib import Path
@@ -113,11 +114,27 @@ def load_model(path: Path | str, schema: type[Meta]) -> tuple[torch.nn.Module, M
 
 
 def save_scripted(module: torch.jit.ScriptModule, path: Path | str, meta: ModelMeta) -> None:
-    """Save a TorchScript module to ``path`` with ``meta`` embedded as ``meta.json``."""
+    """Save a TorchScript module to ``path`` with ``meta`` embedded as ``meta.json``.
+
+    The archive is written without its ``.debug_pkl`` records: for a traced module they hold the
+    Python stack of the trace, absolute paths of the checkout and the virtual environment
+    included. Without them, and since the archive's ``serialization_id`` is a hash of its
+    records, the same commit saves the same bytes in any checkout, as :func:`export_program` does.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = json.dumps(meta.model_dump(mode="json", exclude_none=True), sort_keys=True)
-    torch.jit.save(module, str(path), _extra_files={META_FILE: payload})
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer, _extra_files={META_FILE: payload})
+    buffer.seek(0)
+    reader = torch._C.PyTorchFileReader(buffer)
+    writer = torch._C.PyTorchFileWriter(str(path))  # names the archive after the file, as jit.save
+    for name in reader.get_all_records():
+        if name.endswith(".debug_pkl") or name == ".data/serialization_id":  # the writer adds the id
+            continue
+        data = reader.get_record(name)
+        writer.write_record(name, data, len(data))
+    writer.write_end_of_file()
 
 
 def read_scripted_meta(path: Path | str) -> dict:

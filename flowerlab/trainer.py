@@ -51,14 +51,44 @@ class RngState(Callback):
         np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
 
 
+class RelocatableCheckpoint(ModelCheckpoint):
+    """A ``ModelCheckpoint`` whose state names its files relative to its folder.
+
+    Lightning's own records the absolute paths of the checkout it ran in, in every full checkpoint.
+    So the same run saved different bytes in two checkouts (``dvc.lock`` changed with the clone's
+    path), and a run resumed in another place (a queued experiment's temporary workspace, a
+    moved checkout) dropped its best-model record with a warning. Here the state holds the files'
+    names and ``dirpath`` ``"."``, and is restored under this run's own ``dirpath``.
+    """
+
+    FILES = ("best_model_path", "kth_best_model_path", "last_model_path")
+
+    def state_dict(self) -> dict:
+        return self._moved(super().state_dict(), lambda path: os.path.relpath(path, self.dirpath), ".")
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("dirpath") == "." and self.dirpath:  # saved by this class: names in dirpath
+            state_dict = self._moved(state_dict, lambda name: os.path.join(self.dirpath, name), self.dirpath)
+        super().load_state_dict(state_dict)
+
+    def _moved(self, state: dict, move, dirpath: str) -> dict:
+        """``state`` with its file paths moved by ``move`` (empty ones kept) and ``dirpath`` set."""
+        def moved(path: str) -> str:
+            return move(path) if path else path
+
+        files = {key: moved(state[key]) for key in self.FILES if key in state}
+        best_k = {moved(path): score for path, score in state.get("best_k_models", {}).items()}
+        return {**state, **files, "dirpath": dirpath, "best_k_models": best_k}
+
+
 def checkpoints(dirpath: str, monitor: str, mode: str) -> tuple[ModelCheckpoint, ModelCheckpoint]:
     """``best.ckpt`` (weights of the best ``monitor`` epoch, for export) and ``last.ckpt`` (the
     full state after every epoch: weights, optimizer, schedule, epoch, callbacks, RNG; for
     ``train.resume``)."""
-    best = ModelCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
-                           enable_version_counter=False, save_weights_only=True)
-    last = ModelCheckpoint(dirpath=dirpath, filename=Path(LAST).stem, save_top_k=1,
-                           enable_version_counter=False)
+    best = RelocatableCheckpoint(dirpath=dirpath, filename="best", monitor=monitor, mode=mode, save_top_k=1,
+                                 enable_version_counter=False, save_weights_only=True)
+    last = RelocatableCheckpoint(dirpath=dirpath, filename=Path(LAST).stem, save_top_k=1,
+                                 enable_version_counter=False)
     return best, last
 
 

@@ -3,6 +3,8 @@ round trip, and the rule that picks the served artifact, on fake measurements.""
 
 from __future__ import annotations
 
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -112,6 +114,16 @@ def test_served_file_round_trips_with_its_metadata(trained: ImageClassifier, tmp
     with torch.inference_mode():
         for batch in (images[:1], images):  # the batch dimension stays dynamic
             assert torch.equal(loaded(batch)[0], script(batch)[0])
+    # No paths of this checkout or its environment (the trace's stack) inside: the same commit
+    # saves the same bytes in any checkout, so dvc.lock reproduces.
+    places = [str(Path(__file__).resolve().parents[1]).encode(), sys.prefix.encode()]
+    with zipfile.ZipFile(path) as archive:
+        assert not [name for name in archive.namelist()
+                    if any(place in archive.read(name) for place in places)]
+        assert f"{path.stem}/extra/meta.json" in archive.namelist()
+    again = tmp_path / "again" / path.name
+    save_scripted(script, again, meta)
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_the_network_inside_an_exported_program_has_its_weights(trained: ImageClassifier,

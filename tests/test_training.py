@@ -267,6 +267,32 @@ def test_a_checkpoint_write_that_dies_midway_leaves_the_previous_one_whole(tmp_p
     assert torch.load(path, weights_only=True) == {"epoch": 1}
 
 
+def test_checkpoint_state_names_its_files_and_restores_them_in_another_folder(tmp_path) -> None:
+    """The same run saves the same bytes in any checkout, and resumes with its best-model record
+    in another place (a queued experiment's temporary workspace)."""
+    import warnings
+
+    from flowerlab.trainer import checkpoints
+
+    best, _ = checkpoints(str(tmp_path / "here" / "ckpt"), "val/acc", "max")
+    best.best_model_path = best.kth_best_model_path = str(tmp_path / "here" / "ckpt" / "best.ckpt")
+    best.best_model_score = best.kth_value = torch.tensor(0.75)
+    best.best_k_models = {best.best_model_path: torch.tensor(0.75)}
+    state = best.state_dict()
+    assert str(tmp_path) not in repr(state)
+    assert state["best_model_path"] == "best.ckpt" and state["last_model_path"] == ""
+
+    moved, _ = checkpoints(str(tmp_path / "there" / "ckpt"), "val/acc", "max")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning warns when it drops the record
+        moved.load_state_dict(state)
+    there = str(tmp_path / "there" / "ckpt" / "best.ckpt")
+    assert (moved.best_model_path, moved.kth_best_model_path, moved.dirpath) == (
+        there, there, str(tmp_path / "there" / "ckpt"))
+    assert moved.best_k_models == {there: torch.tensor(0.75)} and float(moved.best_model_score) == 0.75
+    assert moved.last_model_path == ""
+
+
 def test_export_picks_the_last_or_the_best_checkpoint(tmp_path) -> None:
     from flowerlab.trainer import LAST, checkpoints, exported_checkpoint
 
