@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from flowerlab.errors import ConfigError
 
@@ -203,5 +203,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     except OmegaConfBaseException as error:
         key = getattr(error, "full_key", None) or "?"
         reason = str(error).splitlines()[0]
-        raise ConfigError(f"params: bad key '{key}' in {path}: {reason}") from None
+        what = "bad key" if isinstance(error, ConfigKeyError) else "bad value for"  # a typo, or a wrong value
+        raise ConfigError(f"params: {what} '{key}' in {path}: {reason}") from None
     return validate(params)

@@ -15,3 +15,7 @@ class SourceError(StageError, RuntimeError):
 
 class WeightsError(StageError, RuntimeError):
     """Pretrained weights were asked for but cannot be had."""
+
+
+class ResumeError(StageError, RuntimeError):
+    """``train.resume`` cannot continue from the checkpoint it found."""

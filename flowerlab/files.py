@@ -21,3 +21,12 @@ def file_md5(path: Path | str) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_failure(error: Exception) -> str:
+    """Why ``torch.load`` could not read a file, in one line: torch raises many exception types
+    for a foreign or damaged file, with messages that run to many lines or say nothing (a bare
+    ``KeyError: '101'``)."""
+    kind = type(error)
+    name = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+    return f"not a file that torch.save wrote, or a damaged one ({name})"

@@ -17,6 +17,7 @@ from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfi
 
 from flowerlab import paths
 from flowerlab.config import TrainParams
+from flowerlab.errors import ResumeError
 from flowerlab.hardware import choose_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
@@ -104,12 +105,17 @@ def exported_checkpoint(choice: str, best: ModelCheckpoint, last: ModelCheckpoin
     return str(Path(last.dirpath) / LAST), "the last epoch's"
 
 
-def resume_from(dirpath: str, resume: bool) -> str | None:
-    """The full checkpoint to continue from when ``resume`` and one exists; else ``None``, and
-    an empty ``dirpath`` (DVC keeps it between runs: ``persist: true``)."""
+def resume_from(dirpath: str, resume: bool, epochs: int) -> str | None:
+    """The full checkpoint to continue a run of ``epochs`` epochs from, when ``resume`` and one
+    exists; else ``None``, and an empty ``dirpath``. The folder is no DVC output (dvc.yaml says
+    why), so it holds what the last run in this workspace left there."""
     last = Path(dirpath) / LAST
     if resume and last.is_file():
-        print(f"resuming from {last}")
+        done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+        if done > epochs:
+            raise ResumeError(f"train.resume: {last} has trained {done} epochs, more than epochs={epochs}: "
+                              f"set epochs above {done} to train on, or train.resume=false to start over")
+        print(f"resuming from {last} after its epoch {done} of {epochs}")
         return str(last)
     if resume:
         print(f"train.resume: no {last} yet, starting from the beginning")

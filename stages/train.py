@@ -40,7 +40,7 @@ def main() -> None:
                              train.warmup_epochs, channels_last,
                              params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
-    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume)
+    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume, params.epochs)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
                            [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],

@@ -87,6 +87,7 @@ def run_stages(cwd: Path, *stages: str) -> subprocess.CompletedProcess:
         args = ["-m", f"stages.{stages[0]}"]
     else:
         args = ["-c", "import runpy, sys\nfor name in sys.argv[1:]:\n"
+                "    sys.argv[:] = [name]  # the stage's own command line: no arguments\n"
                 "    runpy.run_module(f'stages.{name}', run_name='__main__', alter_sys=True)",
                 *stages]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

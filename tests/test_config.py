@@ -76,6 +76,10 @@ def test_bad_params_raise_config_error_naming_the_key(tmp_path, overrides, key):
     message = str(caught.value)
     assert f"'{key}'" in message
     assert "\n" not in message
+    if overrides in ({"data.sourse": "synthetic"}, {"epoch": 3}):
+        assert f"bad key '{key}'" in message
+    if overrides in ({"epochs": "abc"}, {"data.source": "foo"}):  # the key is right, its value not
+        assert f"bad value for '{key}'" in message
 
 
 def test_yaml_syntax_error_is_a_config_error(tmp_path):

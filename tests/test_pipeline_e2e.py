@@ -270,15 +270,24 @@ def test_queued_sweep_runs_every_experiment_and_reports_the_failed_one(history: 
 
 def test_kill_9_during_train_then_repro_completes_and_resume_continues(history: Path, tmp_path: Path) -> None:
     """``kill -9`` of ``dvc repro`` mid-train records nothing partial in dvc.lock; the next
-    ``dvc repro`` completes, and with ``train.resume`` it continues from the last checkpoint."""
+    ``dvc repro`` completes, and ``dvc exp run -S train.resume=true`` (the README's command)
+    continues from the stopped run's last checkpoint, not from the committed run's."""
     import signal
+
+    import torch
 
     repo = tmp_path / "repo"
     shutil.copytree(history, repo, symlinks=True)
     set_params(repo / "params.yaml", {"epochs": 8})  # 7 epochs of margin for the kill
     last = repo / "models/checkpoints/classifier/last.ckpt"
 
-    def start_and_kill_after_a_checkpoint() -> None:
+    def epochs_done() -> int:
+        if not last.is_file():
+            return 0
+        return torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+
+    def start_and_kill_after(epochs: int) -> int:
+        """Start ``dvc repro train``, kill it once ``epochs`` are checkpointed: the epochs done."""
         last.unlink(missing_ok=True)
         lock_before = (repo / "dvc.lock").read_text()
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
@@ -286,22 +295,23 @@ def test_kill_9_during_train_then_repro_completes_and_resume_continues(history: 
         repro = subprocess.Popen(["dvc", "repro", "train"], cwd=repo, env=env, start_new_session=True,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
-        while not last.is_file() and repro.poll() is None and time.monotonic() < deadline:
+        while epochs_done() < epochs and repro.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert repro.poll() is None, "train finished before it could be killed"
         os.killpg(repro.pid, signal.SIGKILL)
         repro.wait()
         assert (repo / "dvc.lock").read_text() == lock_before  # nothing of the killed run recorded
+        return epochs_done()
 
-    start_and_kill_after_a_checkpoint()
+    start_and_kill_after(1)
     run(["dvc", "repro"], repo)  # DVC clears its stale lock; train starts over
     assert run(["dvc", "status", "--json"], repo).stdout.strip() == "{}"
     for path, digest in locked_outs(repo).items():
         assert md5(repo / path) == digest, path  # every recorded output is the file on disk
 
-    set_params(repo / "params.yaml", {"epochs": 12, "train.resume": True})
-    start_and_kill_after_a_checkpoint()
-    resumed = run(["dvc", "repro", "train"], repo)
-    assert "resuming from models/checkpoints/classifier/last.ckpt" in resumed.stdout + resumed.stderr
-    epochs = (repo / "metrics/train/plots/metrics/epoch.tsv").read_text().split()
-    assert len(epochs) > 1
+    set_params(repo / "params.yaml", {"epochs": 12})
+    done = start_and_kill_after(2)  # the committed run trained 1 epoch: the two must differ
+    resumed = run(["dvc", "exp", "run", "-S", "train.resume=true"], repo)
+    assert (f"resuming from models/checkpoints/classifier/last.ckpt after its epoch {done} of 12"
+            in resumed.stdout + resumed.stderr), resumed.stdout[-3000:]
+    assert epochs_done() == 12

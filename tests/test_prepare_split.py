@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from flowerlab.data.split import split_indices
 from flowerlab.data.store import PreparedData, load_prepared, save_prepared
 from stages import prepare as prepare_stage
 from stages import split as split_stage
-from tests.datasets import file_hashes, make_imagefolder, run_stages, write_params
+from tests.datasets import REPO, file_hashes, make_imagefolder, run_stages, write_params
 
 TINY_SYNTHETIC = {"data.source": "synthetic", "data.samples_per_class": 3, "data.image_size": 16}
 TINY_IMAGEFOLDER = {"data.source": "imagefolder", "data.path": "raw", "data.image_size": 16}
@@ -248,6 +251,25 @@ def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("prepare: error: ") and "'data.sourse'" in lines[0]
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.slow
+def test_stage_scripts_take_help_and_refuse_arguments_before_touching_files(tmp_path):
+    """``python -m stages.train --help`` describes the stage and exits; it used to start training,
+    which first clears the checkpoint folder."""
+    checkpoint = tmp_path / "models/checkpoints/classifier/last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"a stopped run's state")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for args, code, expected in ((["--help"], 0, "usage: python -m stages.train"),
+                                 (["--epochs", "3"], 2, "unrecognized arguments: --epochs 3")):
+        result = subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=tmp_path, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == code and expected in result.stdout + result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+        if code == 0:
+            assert "fine-tune ResNet18 with Lightning" in result.stdout  # the stage's docstring
+    assert checkpoint.read_bytes() == b"a stopped run's state"
 
 
 def test_parallel_decoding_gives_the_same_store(tmp_path) -> None:

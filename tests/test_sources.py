@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,8 +98,9 @@ def test_flowers102_wrong_md5_is_a_source_error(tmp_path):
 def test_flowers102_download_without_network_is_a_source_error(tmp_path, monkeypatch):
     calls = []
 
-    def offline(url, *args, **kwargs):
+    def offline(url, root, *args, **kwargs):
         calls.append(url)
+        Path(root).mkdir(parents=True, exist_ok=True)  # as torchvision's do, before they connect
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(tv_flowers102, "download_and_extract_archive", offline)
@@ -111,6 +113,8 @@ def test_flowers102_download_without_network_is_a_source_error(tmp_path, monkeyp
     assert "download failed" in message
     assert FLOWERS102_URL in message
     assert "\n" not in message
+    # No empty flowers-102/ left behind: under data/raw it would later read as a class folder.
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- imagefolder ------------------------------------------------------------------------------

@@ -194,7 +194,7 @@ def test_resuming_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypat
         L.seed_everything(0)
         model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-3)
         best, last = checkpoints(folder, "val/acc", "max")
-        start = resume_from(folder, resume)
+        start = resume_from(folder, resume, 3)
         run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), 3, f"live-{folder}",
                            [best, last, CrashAtEpoch(crash_at)], name="train")
         run.fit(model, DataLoader(Flip(images, labels), batch_size=8, shuffle=True),
@@ -225,7 +225,7 @@ def test_resuming_in_another_memory_layout_steps_as_resuming_in_the_same(tmp_pat
         L.seed_everything(0)
         model = FlowerClassifier(ImageClassifier(4), 4, lr=1e-2, channels_last=channels_last)
         best, last = checkpoints(folder, "val/acc", "max")
-        start = resume_from(folder, resume)
+        start = resume_from(folder, resume, epochs)
         run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, f"live-{folder}",
                            [best, last], name="train")
         run.fit(model, DataLoader(TensorDataset(images, labels), batch_size=8),
@@ -293,6 +293,21 @@ def test_checkpoint_state_names_its_files_and_restores_them_in_another_folder(tm
     assert moved.last_model_path == ""
 
 
+def test_resume_refuses_a_checkpoint_past_the_epochs_asked_for(tmp_path) -> None:
+    """The finished 8-epoch run's checkpoint with epochs=3: one clear line, not Lightning's
+    traceback; up to its epochs it resumes, and without resume the folder is cleared."""
+    from flowerlab.errors import StageError
+    from flowerlab.trainer import LAST, resume_from
+
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save({"epoch": 7, "state_dict": {}}, folder / LAST)  # Lightning's epoch: 0-based, the last one done
+    with pytest.raises(StageError, match=r"has trained 8 epochs, more than epochs=3: set epochs above 8"):
+        resume_from(str(folder), True, 3)
+    assert resume_from(str(folder), True, 8) == resume_from(str(folder), True, 12) == str(folder / LAST)
+    assert resume_from(str(folder), False, 12) is None and not folder.exists()
+
+
 def test_export_picks_the_last_or_the_best_checkpoint(tmp_path) -> None:
     from flowerlab.trainer import LAST, checkpoints, exported_checkpoint
 
@@ -323,20 +338,50 @@ def test_the_last_checkpoint_holds_the_weights_training_ended_with(tmp_path) -> 
         assert torch.equal(a, b), name
 
 
-def write_photo_data(folder) -> tuple[str, str]:
-    """24 random 64-px "photos" of 4 classes, prepared and split 16/8/8: their paths."""
+def write_photo_data(folder, train: int = 16, size: int = 64) -> tuple[str, str]:
+    """``train`` + 8 random "photos" of 4 classes at ``size`` px, prepared and split train/8/8
+    (val and test the same 8): their paths."""
     import numpy as np
 
     from flowerlab.data.store import PreparedData, save_prepared
     from flowerlab.files import write_json
 
     rng = np.random.default_rng(0)
-    save_prepared(PreparedData(rng.integers(0, 256, (24, 64, 64, 3), dtype=np.uint8),
-                               np.arange(24, dtype=np.int64) % 4, list("abcd"), 64, "imagefolder"),
+    count = train + 8
+    save_prepared(PreparedData(rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8),
+                               np.arange(count, dtype=np.int64) % 4, list("abcd"), size, "imagefolder"),
                   [], folder / "prepared")
-    write_json(folder / "split.json", {"train": list(range(16)), "val": list(range(16, 24)),
-                                       "test": list(range(16, 24))})
+    write_json(folder / "split.json", {"train": list(range(train)), "val": list(range(train, count)),
+                                       "test": list(range(train, count))})
     return str(folder / "prepared"), str(folder / "split.json")
+
+
+def test_an_epoch_never_ends_on_a_training_batch_of_one_image(tmp_path, monkeypatch) -> None:
+    """33 training images at batch 16 crashed BatchNorm on the last batch ("Expected more than 1
+    value per channel when training"): that image now waits for another epoch."""
+    from flowerlab.config import TrainParams
+    from flowerlab.data.datamodule import FlowerData
+    from flowerlab.data.transforms import PRESETS
+    from flowerlab.trainer import make_trainer
+
+    def batches(train: int) -> list[int]:
+        data = FlowerData(*write_photo_data(tmp_path / str(train), train=train, size=16), 16,
+                          augmentation=PRESETS["light"])
+        data.setup()
+        return [len(labels) for _, labels in data.train_dataloader()]
+
+    monkeypatch.chdir(tmp_path)  # Lightning's default checkpoint folder
+    assert batches(33) == [16, 16]
+    assert batches(34) == [16, 16, 2] and batches(16) == [16]
+    with pytest.raises(ValueError, match="'train' split has 1 image"):
+        batches(1)
+    L.seed_everything(0)
+    run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), 1, str(tmp_path / "live"), [],
+                       name="train")
+    run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3),
+            datamodule=FlowerData(*write_photo_data(tmp_path / "fit", train=33, size=16), 16,
+                                  augmentation=PRESETS["light"]))
+    assert run.global_step == 2
 
 
 @pytest.mark.slow
@@ -405,7 +450,7 @@ def test_a_resumed_progressive_run_trains_each_epoch_at_its_scheduled_size(tmp_p
                            [*checkpoints("ckpt", "val/acc", "max"), sides], name="train",
                            reload_train_data=True)
         run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), datamodule=data,
-                ckpt_path=resume_from("ckpt", resume))
+                ckpt_path=resume_from("ckpt", resume, epochs))
         return sides
 
     with pytest.raises(Crash):

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from flowerlab.errors import WeightsError
+from flowerlab.files import load_failure
 
 # ImageNet statistics; they travel inside the model, so no consumer needs to know them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -26,7 +27,7 @@ def load_imagenet_state(weights_path: str | None) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a bad file
-            raise WeightsError(f"model.weights_path: cannot read {path}: {error}") from None
+            raise WeightsError(f"model.weights_path: cannot read {path}: {load_failure(error)}") from None
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         if not isinstance(state, dict) or "conv1.weight" not in state:
             raise WeightsError(f"model.weights_path: {path} is not a ResNet18 state dict")

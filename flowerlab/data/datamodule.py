@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
@@ -67,7 +69,19 @@ class FlowerData(L.LightningDataModule):
             raise ValueError(f"the '{name}' split is empty: add images or change split fractions")
         return DataLoader(self.datasets[name], batch_size=self.batch_size, shuffle=shuffle,
                           num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          collate_fn=collate_fn)
+                          collate_fn=collate_fn, drop_last=name == "train" and self._lone_last_image())
+
+    def _lone_last_image(self) -> bool:
+        """Whether an epoch would end on a training batch of one image, which BatchNorm cannot
+        train on ("Expected more than 1 value per channel"): 33 images at batch 16, say. That one
+        image is then left out of the epoch (a different one each epoch: the order is shuffled).
+        Under DDP each process draws its own share of the images, ``ceil(n / processes)``."""
+        processes = self.trainer.world_size if self.trainer is not None else 1
+        share = math.ceil(len(self.datasets["train"]) / processes)
+        if share == 1:
+            raise ValueError(f"the 'train' split has {len(self.datasets['train'])} image(s) for {processes} "
+                             "process(es): training needs at least 2 images a batch; add images")
+        return share % self.batch_size == 1
 
     def train_size(self, epoch: int) -> int:
         """The side of the training batches in ``epoch``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import urllib.error
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from torchvision.datasets import Flowers102, ImageFolder
 from flowerlab.config import DataParams, Source
 from flowerlab.data import synthetic
 from flowerlab.errors import SourceError
+from flowerlab.files import load_failure
 from flowerlab.imaging import ImageDecodeError, decode_image
 
 FLOWERS102_URL = "https://www.robots.ox.ac.uk/~vgg/data/flowers/102/"
@@ -62,11 +64,15 @@ def read_synthetic(params: DataParams, seed: int) -> RawDataset:
 
 def read_flowers102(params: DataParams) -> RawDataset:
     root = Path(params.path)
+    folder_was_there = (root / "flowers-102").exists()
     items: list[SourceItem] = []
     for split in ("train", "val", "test"):
         try:
             dataset = Flowers102(root, split=split, download=params.download, loader=_path_only)
         except (urllib.error.URLError, OSError, RuntimeError) as error:
+            if not folder_was_there:  # the failed download's empty folder would read as a class
+                with contextlib.suppress(OSError):  # later, to data.source: imagefolder
+                    (root / "flowers-102").rmdir()
             online = ("The download failed: check the network." if params.download
                       else "On a machine with network, set data.download: true.")
             raise SourceError(
@@ -105,7 +111,7 @@ def _load_tensor(path: Path) -> torch.Tensor:
     except FileNotFoundError:
         raise ImageDecodeError("file listed in the label CSV does not exist") from None
     except Exception as error:  # torch raises many types; its messages run to many lines
-        raise ImageDecodeError(f"not a readable tensor file ({type(error).__name__})") from None
+        raise ImageDecodeError(f"not a readable tensor file: {load_failure(error)}") from None
     if not isinstance(tensor, torch.Tensor):
         raise ImageDecodeError(f"file holds a {type(tensor).__name__}, not a tensor")
     if tensor.ndim == 2:
