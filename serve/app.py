@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import anyio.to_thread
 import torch
 from anyio import CapacityLimiter
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
@@ -61,12 +61,12 @@ from serve.registry import (
     read_vae_metrics,
 )
 from serve.rejections import (
-    MULTIPART_OVERHEAD_BYTES,
     InputRejected,
     UploadLimit,
+    file_too_large,
     handle_input_rejected,
     handle_validation_error,
-    too_large,
+    require_multipart,
 )
 from serve.schemas import (
     PNG_RESPONSE,
@@ -84,7 +84,7 @@ from serve.schemas import (
     VaeMetrics,
     error_responses,
 )
-from serve.settings import ServeSettings
+from serve.settings import ServeSettings, SettingsError, read_settings
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,11 @@ DEFAULT_SAMPLES = 64
 STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1  # a full queue drains in a few batches
 T = TypeVar("T")
+
+
+class StartupRefused(RuntimeError):
+    """The service must not start (bad settings, a model missing or not matching dvc.lock); the
+    lifespan has logged why, in one line, and ``python -m serve`` shows no traceback for it."""
 
 
 @dataclass(frozen=True)
@@ -154,9 +159,7 @@ def build_service(settings: ServeSettings, threads: int) -> Service:
     worker = InferenceWorker(settings.max_batch, settings.batch_wait_ms / 1000, settings.max_queue,
                              layout.threads, wait_only_for_incoming=settings.batch_wait_for_incoming_only,
                              runners=layout.runners)
-    reference, no_reference = load_reference(settings.root)
-    if no_reference:
-        logger.info("drift monitoring is off: %s", no_reference)
+    reference, no_reference = load_reference(settings.root)  # logs why when there is none
     drift = DriftMonitor(reference, settings.drift_window, settings.drift_min_samples,
                          settings.drift_threshold, no_reference)
     return Service(settings, predictor, vae, ready, worker, CapacityLimiter(threads), drift, layout)
@@ -167,15 +170,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Read settings and load the models once; an exception here makes uvicorn exit non-zero."""
     try:
         # Read here, not at import, so tests and deployments can set FLOWERLAB_* before startup.
-        settings = ServeSettings()
+        settings = read_settings()
         # The CPUs of the container's quota. Only the inference runners may run torch on several
         # threads (see single_threaded): this thread loads and warms up the models on one.
         threads = cpu_threads()
         use_torch_threads(1)
         service = build_service(settings, threads)
-    except (ModelLoadError, ValidationError) as error:
+    except (ModelLoadError, SettingsError, ValidationError) as error:
         logger.error("refusing to start: %s", error)
-        raise RuntimeError(f"refusing to start: {error}") from None
+        raise StartupRefused(f"refusing to start: {error}") from None
     service.worker.start()
     app.state.service = service
     layout = service.layout
@@ -196,9 +199,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def upload_limit(scope: Scope) -> int | None:
-    """Body limit for the request: the upload limit plus multipart framing; none before startup."""
+    """The upload limit (UploadLimit adds the multipart framing); none before startup."""
     service: Service | None = getattr(scope["app"].state, "service", None)
-    return None if service is None else service.settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    return None if service is None else service.settings.max_upload_bytes
 
 
 def current_service(request: Request) -> Service:
@@ -215,7 +218,7 @@ async def read_upload(service: Service, file: UploadFile) -> bytes:
     limit = service.settings.max_upload_bytes
     data = await file.read(limit + 1)  # never more than the limit, whatever the part claims
     if len(data) > limit:
-        raise too_large(limit, "uploaded file")
+        raise file_too_large(limit)
     if not data:
         raise InputRejected(422, "empty", "the uploaded file is empty")
     return data
@@ -275,7 +278,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(QueueFull, handle_busy)
     app.add_exception_handler(WorkerStopped, handle_busy)
     app.add_exception_handler(DeadlineExceeded, handle_deadline)
-    app.add_middleware(UploadLimit, limit=upload_limit)
+    app.add_middleware(UploadLimit, upload_limit=upload_limit)
     app.add_middleware(RequestMetrics)  # added last, so outermost: it also counts UploadLimit's 413s
 
     @app.get("/health", response_model=HealthResponse)
@@ -296,7 +299,10 @@ def create_app() -> FastAPI:
         Scores appear once ``min_samples`` requests are in the window."""
         return MonitoringResponse(**current_service(request).drift.report())
 
-    @app.post("/predict", response_model=PredictResponse,
+    # Uploads: a body that is not multipart is a 400 that says so, before FastAPI's 422 for no file.
+    uploads = [Depends(require_multipart)]
+
+    @app.post("/predict", response_model=PredictResponse, dependencies=uploads,
               responses=error_responses(400, 413, 415, 422, 503, 504))
     async def predict(
         request: Request,
@@ -323,7 +329,7 @@ def create_app() -> FastAPI:
         logger.debug("predicted %s in %.3f s", response.predictions[0].label, elapsed)
         return response
 
-    @app.post("/reconstruct", response_class=Response,
+    @app.post("/reconstruct", response_class=Response, dependencies=uploads,
               responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
                          **error_responses(400, 413, 415, 422, 503, 504)})
     async def reconstruct(request: Request, file: ImageUpload) -> Response:

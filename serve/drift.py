@@ -35,12 +35,18 @@ DRIFT_SCORE = Gauge("flowerlab_drift_score", "KS statistic of the recent request
 
 
 def load_reference(root: Path) -> tuple[dict[str, np.ndarray] | None, str | None]:
-    """The reference dvc.lock vouches for, or None and why not."""
+    """The reference dvc.lock vouches for, or None and why not, logged: at INFO where dvc.lock records
+    none (a lock from before the reference), as a WARNING where the recorded file is missing or differs."""
     try:
         md5 = locked_md5(read_lock(root / paths.DVC_LOCK), paths.DRIFT_REFERENCE, EVALUATE_STAGE)
+    except ModelLoadError as error:
+        logger.info("drift monitoring is off: %s", error)
+        return None, str(error)
+    try:
         verified_md5(root, paths.DRIFT_REFERENCE, md5)
         return read_reference(root / paths.DRIFT_REFERENCE), None
     except (ModelLoadError, ValueError, OSError) as error:
+        logger.warning("drift monitoring is off: %s", error)
         return None, str(error)
 
 

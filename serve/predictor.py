@@ -30,6 +30,7 @@ from flowerlab.imaging import (
     ImageTooLargeError,
     decode_image,
     grid_png,
+    pillow_refusal,
     square_resize,
     to_png,
 )
@@ -50,8 +51,9 @@ SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM"
 WARMUP_RUNS = 3  # at the largest batch, before /ready: TorchScript optimises its graph on the first calls
 
 
-def sniff_format(data: bytes) -> str:
-    """Pillow's name for the format of ``data``; only headers are read, nothing is decoded."""
+def sniff_format(data: bytes, max_pixels: int) -> str:
+    """Pillow's name for the format of ``data``; only headers are read, nothing is decoded.
+    ``max_pixels``: the limit a 413 names when Pillow refuses to open the image at all."""
     try:
         with warnings.catch_warnings():
             # decode_image applies the pixel limit; here only Pillow's hard limit can stop us.
@@ -65,14 +67,14 @@ def sniff_format(data: bytes) -> str:
         raise InputRejected(415, "unsupported_format",
                             "not an image in a supported format (JPEG, PNG, WebP, BMP, GIF)") from None
     except Image.DecompressionBombError as error:
-        raise InputRejected(413, "too_many_pixels", f"rejected as a decompression bomb: {error}") from None
+        raise InputRejected(413, "too_many_pixels", str(pillow_refusal(error, max_pixels))) from None
     except (OSError, ValueError, EOFError) as error:  # Pillow's other parse errors become Unidentified
         raise InputRejected(422, "corrupt", f"corrupt image header: {error}") from None
 
 
 def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> uint8 tensor (3, size, size), exactly as prepare stored the evaluated images."""
-    sniff_format(data)
+    sniff_format(data, max_pixels)
     try:
         image = decode_image(data, max_pixels, draft_size=size)
         resized = resized_pixels(image.size, size)

@@ -1,4 +1,5 @@
-"""Rejecting bad input: one exception type, its JSON response, and the request body size limit."""
+"""Rejecting bad input: one exception type, its JSON response, the request body size limit, and the
+uploads' Content-Type."""
 
 from __future__ import annotations
 
@@ -6,15 +7,18 @@ from collections.abc import Callable
 
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
+from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve.monitoring import REJECTED
+from serve.settings import env_name
 
 # Room for the multipart boundaries and part headers around an upload of the maximum size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
+UPLOAD_LIMIT_VARIABLE = env_name("max_upload_bytes")
 
 
 class InputRejected(HTTPException):
@@ -43,29 +47,53 @@ async def handle_validation_error(request: Request, error: Exception) -> Respons
     return await request_validation_exception_handler(request, error)
 
 
-def too_large(limit: int, what: str = "request body") -> InputRejected:
-    return InputRejected(413, "too_large", f"{what} is larger than the limit of {limit} bytes")
+def file_too_large(upload_limit: int) -> InputRejected:
+    """413 for an uploaded file over the upload limit."""
+    return InputRejected(413, "too_large", f"uploaded file is larger than the limit of {upload_limit} bytes")
+
+
+def body_too_large(upload_limit: int) -> InputRejected:
+    """413 for a request body over the upload limit plus the multipart framing allowed around it."""
+    return InputRejected(413, "too_large", f"request body is larger than the limit of {upload_limit} bytes "
+                                           f"({UPLOAD_LIMIT_VARIABLE}) plus {MULTIPART_OVERHEAD_BYTES} "
+                                           f"bytes of multipart framing")
+
+
+def require_multipart(request: Request) -> None:
+    """400 unless the request is multipart/form-data (as Starlette's form parser reads the header).
+
+    Without it an image sent as the raw body, or JSON, would get FastAPI's 422 for a missing field,
+    which hides what went wrong; a multipart body without the field still gets that 422.
+    """
+    content_type = request.headers.get("content-type")
+    media_type, _options = parse_options_header(content_type)
+    if media_type != b"multipart/form-data":
+        got = f"Content-Type {content_type[:100]}" if content_type else "no Content-Type"
+        raise InputRejected(400, "not_multipart", f"send the image as multipart/form-data in a field "
+                                                  f"named 'file' (got {got})")
 
 
 class UploadLimit:
-    """Refuse request bodies over ``limit(scope)`` bytes before they are spooled.
+    """Refuse request bodies over ``upload_limit(scope)`` bytes (FLOWERLAB_MAX_UPLOAD_BYTES) plus
+    :data:`MULTIPART_OVERHEAD_BYTES` before they are spooled.
 
     A declared Content-Length over the limit is refused without reading the body; the bytes that
     actually arrive are counted too, which covers chunked uploads and a lying Content-Length.
     """
 
-    def __init__(self, app: ASGIApp, limit: Callable[[Scope], int | None]) -> None:
+    def __init__(self, app: ASGIApp, upload_limit: Callable[[Scope], int | None]) -> None:
         self.app = app
-        self.limit = limit
+        self.upload_limit = upload_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        limit = self.limit(scope) if scope["type"] == "http" else None
-        if limit is None:
+        upload_limit = self.upload_limit(scope) if scope["type"] == "http" else None
+        if upload_limit is None:
             await self.app(scope, receive, send)
             return
+        limit = upload_limit + MULTIPART_OVERHEAD_BYTES
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await rejection_response(too_large(limit))(scope, receive, send)
+            await rejection_response(body_too_large(upload_limit))(scope, receive, send)
             return
         received = 0
 
@@ -76,7 +104,7 @@ class UploadLimit:
                 received += len(message.get("body", b""))
                 if received > limit:
                     # An HTTPException passes through form parsing to the app's exception handler.
-                    raise too_large(limit)
+                    raise body_too_large(upload_limit)
             return message
 
         await self.app(scope, capped_receive, send)

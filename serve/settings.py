@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -47,3 +47,22 @@ class ServeSettings(BaseSettings):
     drift_window: PositiveInt = 200
     drift_min_samples: PositiveInt = 50
     drift_threshold: PositiveFloat = 0.3
+
+
+class SettingsError(ValueError):
+    """A ``FLOWERLAB_*`` variable holds a value the service cannot use; the message names it."""
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``: ``max_batch`` -> ``FLOWERLAB_MAX_BATCH``."""
+    return f"{ServeSettings.model_config['env_prefix']}{field}".upper()
+
+
+def read_settings() -> ServeSettings:
+    """The settings from the environment; :class:`SettingsError` names each bad variable, on one line."""
+    try:
+        return ServeSettings()
+    except ValidationError as error:
+        problems = [f"{env_name('.'.join(map(str, problem['loc'])))}={problem['input']!r}: {problem['msg']}"
+                    for problem in error.errors()]
+        raise SettingsError("; ".join(problems)) from None

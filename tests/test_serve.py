@@ -9,6 +9,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -17,13 +18,15 @@ from prometheus_client import REGISTRY
 from torchvision.transforms.v2 import functional as F
 
 from flowerlab import paths
+from flowerlab.drift import build_reference, write_reference
 from flowerlab.export import load_program, load_scripted
 from flowerlab.files import file_md5
 from flowerlab.imaging import decode_image, square_resize
 from serve.app import create_app
-from serve.predictor import ClassifierPredictor
+from serve.drift import load_reference
+from serve.predictor import ClassifierPredictor, decode_upload
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
-from serve.rejections import UploadLimit
+from serve.rejections import MULTIPART_OVERHEAD_BYTES, InputRejected, UploadLimit
 from tests.builders import (
     CLASSES,
     IMAGE_SIZE,
@@ -41,7 +44,8 @@ from tests.builders import (
 from tests.servers import record_event_loop_calls
 
 FORMATS = ["JPEG", "PNG", "WEBP", "BMP", "GIF"]
-BAD_INPUTS = ["text", "tiff", "truncated_jpeg", "png_cut_header", "empty", "pillow_bomb", "over_max_pixels"]
+BAD_INPUTS = ["text", "tiff", "truncated_jpeg", "png_cut_header", "empty", "pillow_bomb",
+              "pillow_warning_bomb", "over_max_pixels"]
 
 
 def post(client: TestClient, data: bytes, **params: object):
@@ -141,7 +145,12 @@ def test_k_out_of_range_is_422(client: TestClient, k: int) -> None:
     (JPEG[: len(JPEG) // 2], 422, "corrupt or truncated image: image file is truncated"),
     (encode_image(noise_image(), "PNG")[:20], 422, "corrupt image header"),
     (b"", 422, "the uploaded file is empty"),
-    (png_declaring(20000, 20000), 413, "decompression bomb"),
+    # Over Pillow's limits (twice 89478485: it will not open the file; 89478485: it warns): the message
+    # names the service's FLOWERLAB_MAX_PIXELS, not Pillow's.
+    (png_declaring(20000, 20000), 413, "image is 400000000 pixels, more than the limit of 40000000 "
+                                       "(a possible decompression bomb)"),
+    (png_declaring(10000, 10000), 413, "image is 10000x10000 = 100000000 pixels, more than the limit of "
+                                       "40000000"),
     (png_declaring(8000, 6000), 413, "48000000 pixels, more than the limit of 40000000"),
 ], ids=BAD_INPUTS)
 def test_bad_input_is_a_clear_4xx_and_service_keeps_serving(client: TestClient, data: bytes, status: int,
@@ -152,11 +161,37 @@ def test_bad_input_is_a_clear_4xx_and_service_keeps_serving(client: TestClient, 
     assert post(client, encode_image(noise_image(), "PNG")).status_code == 200
 
 
+def test_pixel_limit_over_pillows_names_pillows() -> None:
+    """A FLOWERLAB_MAX_PIXELS above Pillow's own limit: Pillow's refusal names Pillow's limit."""
+    with pytest.raises(InputRejected, match="image is 100000000 pixels, more than Pillow's decompression "
+                                            "bomb limit of 89478485"):
+        decode_upload(png_declaring(10000, 10000), IMAGE_SIZE, 200_000_000)
+
+
 @pytest.mark.parametrize("endpoint", ["/predict", "/reconstruct"])
 def test_missing_file_field_is_422(client: TestClient, endpoint: str) -> None:
-    response = client.post(endpoint, data={"other": "x"})
+    response = client.post(endpoint, files={"other": ("flower.jpg", JPEG, "image/jpeg")})  # multipart
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "file"]
+
+
+@pytest.mark.parametrize("endpoint", ["/predict", "/reconstruct"])
+@pytest.mark.parametrize(("body", "content_type"), [
+    ({"content": JPEG}, "image/jpeg"),  # curl --data-binary @rose.jpg -H 'Content-Type: image/jpeg'
+    ({"json": {"file": "rose.jpg"}}, "application/json"),
+    ({"data": {"file": "rose.jpg"}}, "application/x-www-form-urlencoded"),
+    ({}, None),
+], ids=["raw_jpeg", "json", "urlencoded", "no_body"])
+def test_a_body_that_is_not_multipart_is_400(client: TestClient, endpoint: str, body: dict,
+                                             content_type: str | None) -> None:
+    before = sample("flowerlab_rejected_inputs_total", reason="not_multipart")
+    headers = {"content-type": content_type} if content_type else {}
+    response = client.post(endpoint, params={"k": 2}, headers=headers, **body)
+    assert response.status_code == 400
+    got = f"Content-Type {content_type}" if content_type else "no Content-Type"
+    assert response.json() == {"detail": f"send the image as multipart/form-data in a field named 'file' "
+                                         f"(got {got})"}
+    assert sample("flowerlab_rejected_inputs_total", reason="not_multipart") - before == 1
 
 
 def test_upload_size_limits(served_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,15 +205,18 @@ def test_upload_size_limits(served_root: Path, monkeypatch: pytest.MonkeyPatch) 
         response = post(limited, large)  # body within the framing allowance, file over the limit
         assert response.status_code == 413
         assert response.json() == {"detail": "uploaded file is larger than the limit of 2000 bytes"}
+        # The body's limit is the user's setting plus the framing, and says so.
+        over_body = {"detail": "request body is larger than the limit of 2000 bytes "
+                               "(FLOWERLAB_MAX_UPLOAD_BYTES) plus 65536 bytes of multipart framing"}
         huge = b"x" * 100_000
         response = post(limited, huge)  # Content-Length over the limit: refused unread
         assert response.status_code == 413
-        assert "request body is larger than the limit" in response.json()["detail"]
+        assert response.json() == over_body
         chunked = limited.post("/predict", content=iter([huge[:50_000], huge[50_000:]]),
                                headers={"content-type": "multipart/form-data; boundary=b"})
         assert "content-length" not in chunked.request.headers
         assert chunked.status_code == 413
-        assert "request body is larger than the limit" in chunked.json()["detail"]
+        assert chunked.json() == over_body
         assert post(limited, small).status_code == 200
     assert sample("flowerlab_http_requests_total", endpoint="/predict", status="413") - before == 3
 
@@ -195,10 +233,12 @@ def test_declared_content_length_over_the_limit_is_refused_unread() -> None:
     async def endpoint(scope: dict, receive, send) -> None:
         await receive()
 
-    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"11")]}
-    asyncio.run(UploadLimit(endpoint, limit=lambda scope: 10)(scope, receive, send))
+    declared = str(10 + MULTIPART_OVERHEAD_BYTES + 1).encode()
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", declared)]}
+    asyncio.run(UploadLimit(endpoint, upload_limit=lambda scope: 10)(scope, receive, send))
     assert sent[0]["status"] == 413
-    assert sent[1]["body"] == b'{"detail":"request body is larger than the limit of 10 bytes"}'
+    assert sent[1]["body"] == (b'{"detail":"request body is larger than the limit of 10 bytes '
+                               b'(FLOWERLAB_MAX_UPLOAD_BYTES) plus 65536 bytes of multipart framing"}')
 
 
 def test_health_and_ready(client: TestClient, served_root: Path) -> None:
@@ -270,6 +310,24 @@ def test_refuses_to_start(served_root: Path, tmp_path: Path, monkeypatch: pytest
     assert len(errors) == 1 and errors[0].startswith("refusing to start: ") and message in errors[0]
     if damage is break_hash:
         assert "but dvc.lock records 00000000000000000000000000000000" in errors[0]
+
+
+def test_a_missing_drift_reference_that_dvc_lock_records_is_a_warning(
+        served_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="serve.drift")
+    older = copy_root(served_root, tmp_path / "older")  # a lock from before the reference: INFO
+    assert load_reference(older)[0] is None
+    assert [r.levelname for r in caplog.records if "drift monitoring is off" in r.getMessage()] == ["INFO"]
+    caplog.clear()
+    root = copy_root(served_root, tmp_path / "root")
+    write_reference(root / paths.DRIFT_REFERENCE,
+                    build_reference(np.zeros((2, 3, 4, 4), np.uint8), np.full((2, 3), 1 / 3)))
+    write_lock(root)
+    (root / paths.DRIFT_REFERENCE).unlink()
+    reference, reason = load_reference(root)
+    assert reference is None and f"{paths.DRIFT_REFERENCE} is missing" in reason
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [f"drift monitoring is off: {reason}"]
 
 
 def test_locked_output_finds_the_stage_output(tmp_path: Path) -> None:

@@ -1,10 +1,13 @@
-"""The service under a real uvicorn process: it serves over HTTP, and refuses to start on a bad hash."""
+"""The service under a real uvicorn process: it serves over HTTP, and refuses to start (one log line, no
+traceback, exit status 3) on a bad hash, a missing root or a bad FLOWERLAB_* value."""
 
 from __future__ import annotations
 
 import io
+import logging
 import os
 import subprocess
+import traceback
 from pathlib import Path
 
 import httpx
@@ -13,6 +16,8 @@ from PIL import Image
 
 from flowerlab import paths
 from flowerlab.files import file_md5
+from serve.__main__ import STARTUP_FAILURE, OmitRefusalTraceback
+from serve.app import StartupRefused
 from tests.builders import CLASSES, write_lock
 from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn
 
@@ -47,16 +52,56 @@ def test_uvicorn_refuses_to_start_on_hash_mismatch(served_root: Path, tmp_path: 
         (root / path).parent.mkdir(parents=True, exist_ok=True)
         os.link(served_root / path, root / path)
     write_lock(root, classifier_md5="0" * 32)
-    log = tmp_path / "uvicorn.log"
+    output = refused_output(root, tmp_path / "uvicorn.log")
+    assert ("refusing to start: models/classifier.pt2 has md5 " + file_md5(root / paths.CLASSIFIER)
+            + " but dvc.lock records 00000000000000000000000000000000") in output
+    assert "Application startup failed" in output
+
+
+def refused_output(root: Path, log: Path) -> str:
+    """``python -m serve``'s output, once it has refused to start: exit status 3, one ERROR line saying
+    why, and no traceback."""
     process = start_uvicorn(root, free_port(), log)
     try:
         returncode = process.wait(timeout=STARTUP_SECONDS)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-        raise AssertionError(f"uvicorn kept running with a mismatching model:\n{log.read_text()}") from None
+        raise AssertionError(f"uvicorn kept running:\n{log.read_text()}") from None
     output = log.read_text()
-    assert returncode != 0
-    assert ("refusing to start: models/classifier.pt2 has md5 " + file_md5(root / paths.CLASSIFIER)
-            + " but dvc.lock records 00000000000000000000000000000000") in output
-    assert "Application startup failed" in output
+    assert returncode == STARTUP_FAILURE, output
+    assert "Traceback" not in output, output
+    refusals = [line for line in output.splitlines() if "refusing to start" in line]
+    assert len(refusals) == 1 and refusals[0].startswith("ERROR:    refusing to start: "), output
+    return output
+
+
+def test_uvicorn_refuses_to_start_without_dvc_lock(tmp_path: Path) -> None:
+    output = refused_output(tmp_path / "nonexistent", tmp_path / "uvicorn.log")
+    assert f"refusing to start: {tmp_path / 'nonexistent' / 'dvc.lock'} not found" in output
+
+
+def test_uvicorn_refuses_a_bad_setting_in_one_line(served_root: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLOWERLAB_MAX_BATCH", "abc")
+    output = refused_output(served_root, tmp_path / "uvicorn.log")
+    assert ("ERROR:    refusing to start: FLOWERLAB_MAX_BATCH='abc': Input should be a valid integer, "
+            "unable to parse string as an integer\n") in output
+
+
+def test_only_the_refusal_loses_its_traceback() -> None:
+    """Starlette sends uvicorn the lifespan's formatted traceback; only StartupRefused's is dropped."""
+    def logged(message: str) -> bool:
+        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 0, message, None, None)
+        return OmitRefusalTraceback().filter(record)
+
+    def formatted(error: Exception) -> str:
+        try:
+            raise error
+        except Exception:
+            return traceback.format_exc()
+
+    assert not logged(formatted(StartupRefused("refusing to start: dvc.lock not found")))
+    assert logged(formatted(RuntimeError("refusing to start: dvc.lock not found")))
+    assert logged(formatted(ZeroDivisionError("division by zero")))
+    assert logged("Application startup failed. Exiting.")
