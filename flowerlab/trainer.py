@@ -11,13 +11,14 @@ import lightning as L
 import numpy as np
 import torch
 from dvclive.lightning import DVCLiveLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfiler, SimpleProfiler
 
 from flowerlab import paths
 from flowerlab.config import TrainParams
-from flowerlab.errors import ResumeError
+from flowerlab.errors import ConfigError, ResumeError
 from flowerlab.hardware import choose_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
@@ -157,13 +158,20 @@ def make_trainer(train: TrainParams, max_epochs: int, log_dir: str, callbacks: l
     for key, value in (choices or {}).items():
         print(f"{name}: {key} {value}")
     choices = {"precision": precision, "precision_reason": reason, **(choices or {})}
-    return L.Trainer(
-        max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
-        num_nodes=train.num_nodes, strategy=train.strategy, precision=precision,
-        deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
-        reload_dataloaders_every_n_epochs=1 if reload_train_data else 0,
-        # written in a background thread (a point-in-time copy): 0.5-1 s an epoch off the step loop
-        plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],
-        logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),
-        callbacks=[*callbacks, RecordChoices(choices), RngState(), LearningRateMonitor("epoch"),
-                   TQDMProgressBar(refresh_rate=10)])
+    try:
+        return L.Trainer(
+            max_epochs=max_epochs, accelerator=train.accelerator, devices=train.devices,
+            num_nodes=train.num_nodes, strategy=train.strategy, precision=precision,
+            deterministic=True, log_every_n_steps=10, profiler=make_profiler(train.profiler, name),
+            reload_dataloaders_every_n_epochs=1 if reload_train_data else 0,
+            # written in a background thread (a point-in-time copy): 0.5-1 s an epoch off the step loop
+            plugins=[AsyncCheckpointIO(AtomicCheckpointIO())],
+            logger=DVCLiveLogger(dir=log_dir, dvcyaml=False, save_dvc_exp=False),
+            callbacks=[*callbacks, RecordChoices(choices), RngState(), LearningRateMonitor("epoch"),
+                       TQDMProgressBar(refresh_rate=10)])
+    except (MisconfigurationException, ModuleNotFoundError, ValueError) as error:
+        # Hardware this machine lacks (accelerator gpu without CUDA, tpu without torch_xla), or a
+        # strategy name Lightning does not know: Lightning's own words, on one line.
+        raise ConfigError(f"params: train.accelerator={train.accelerator!r}, devices={train.devices!r}, "
+                          f"strategy={train.strategy!r} cannot run here: "
+                          f"{' '.join(str(error).split())}") from None

@@ -55,6 +55,10 @@ class VaeMetrics(BaseModel):
     fd_classifier: float = Field(description="Fréchet distance of samples to test images in classifier "
                                              "feature space")
     fd_classifier_reconstructions: float | None = None
+    sharpness_samples: float | None = Field(None, description="high-frequency (Laplacian) energy of the "
+                                                              "samples' luma, relative to test images' (1: "
+                                                              "as sharp)")
+    sharpness_reconstructions: float | None = Field(None, description="the same for test reconstructions")
     samples: int | None = None
     test_images: int | None = None
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
-from pydantic import NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError
+from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -46,7 +47,14 @@ class ServeSettings(BaseSettings):
     # and the KS statistic above which a statistic counts as drifted.
     drift_window: PositiveInt = 200
     drift_min_samples: PositiveInt = 50
-    drift_threshold: PositiveFloat = 0.3
+    drift_threshold: Annotated[float, Field(gt=0, lt=1)] = 0.3  # a KS statistic is at most 1
+
+    @model_validator(mode="after")
+    def drift_can_score(self) -> ServeSettings:
+        if self.drift_min_samples > self.drift_window:
+            raise ValueError(f"{env_name('drift_min_samples')}={self.drift_min_samples} is more than "
+                             f"{env_name('drift_window')}={self.drift_window}: the monitor would never score")
+        return self
 
 
 class SettingsError(ValueError):
@@ -64,5 +72,6 @@ def read_settings() -> ServeSettings:
         return ServeSettings()
     except ValidationError as error:
         problems = [f"{env_name('.'.join(map(str, problem['loc'])))}={problem['input']!r}: {problem['msg']}"
+                    if problem["loc"] else problem["msg"].removeprefix("Value error, ")  # across variables
                     for problem in error.errors()]
         raise SettingsError("; ".join(problems)) from None

@@ -42,7 +42,8 @@ TEST_METRICS = {"accuracy": 0.5, "top5_accuracy": 1.0, "macro_f1": 0.25, "loss":
 VAE_LATENT_DIM, VAE_WIDTH, VAE_IMAGE_SIZE = 4, 8, 16
 VAE_METRICS = {"mse": 0.0625, "psnr": 12.5, "ssim": 0.25, "kl": 3.5, "elbo_per_pixel": 0.125,
                "classifier_confidence": 0.5, "class_coverage": 0.75, "fd_classifier": 42.0,
-               "fd_classifier_reconstructions": 21.0, "samples": 12, "test_images": 12}
+               "fd_classifier_reconstructions": 21.0, "sharpness_samples": 0.5,
+               "sharpness_reconstructions": 0.25, "samples": 12, "test_images": 12}
 
 
 def write_lock(root: Path, classifier_md5: str | None = None, decoder_md5: str | None = None,

@@ -98,3 +98,20 @@ def test_the_service_scores_drift_over_its_window(kind: str, drift_root: Path,
 def test_monitoring_is_off_without_a_locked_reference(client: TestClient) -> None:
     report = client.get("/monitoring").json()
     assert report["enabled"] is False and "drift_reference.json" in report["disabled_reason"]
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    ({"FLOWERLAB_DRIFT_MIN_SAMPLES": "300", "FLOWERLAB_DRIFT_WINDOW": "200"},
+     "FLOWERLAB_DRIFT_MIN_SAMPLES=300 is more than FLOWERLAB_DRIFT_WINDOW=200: "
+     "the monitor would never score"),
+    ({"FLOWERLAB_DRIFT_THRESHOLD": "5"}, "FLOWERLAB_DRIFT_THRESHOLD='5': Input should be less than 1"),
+])
+def test_drift_settings_that_could_never_flag_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict,
+                                                          expected: str) -> None:
+    from serve.settings import SettingsError, read_settings
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        read_settings()
+    assert str(caught.value) == expected

@@ -308,6 +308,20 @@ def test_resume_refuses_a_checkpoint_past_the_epochs_asked_for(tmp_path) -> None
     assert resume_from(str(folder), False, 12) is None and not folder.exists()
 
 
+@pytest.mark.parametrize(("hardware", "expected"), [
+    ({"accelerator": "tpu"}, "torch_xla"),  # never installed here
+    ({"strategy": "foo"}, "invalid strategy name"),
+])
+def test_hardware_this_machine_cannot_run_is_one_config_line(tmp_path, hardware, expected) -> None:
+    from flowerlab.config import TrainParams
+    from flowerlab.errors import ConfigError
+    from flowerlab.trainer import make_trainer
+
+    with pytest.raises(ConfigError, match=f"cannot run here: .*{expected}") as caught:
+        make_trainer(TrainParams(**hardware), 1, str(tmp_path / "live"), [], name="train")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("params: train.accelerator=")
+
+
 def test_export_picks_the_last_or_the_best_checkpoint(tmp_path) -> None:
     from flowerlab.trainer import LAST, checkpoints, exported_checkpoint
 
