@@ -59,11 +59,14 @@ def body_too_large(upload_limit: int) -> InputRejected:
                                            f"bytes of multipart framing")
 
 
-def require_multipart(request: Request) -> None:
+async def require_multipart(request: Request) -> None:
     """400 unless the request is multipart/form-data (as Starlette's form parser reads the header).
 
     Without it an image sent as the raw body, or JSON, would get FastAPI's 422 for a missing field,
     which hides what went wrong; a multipart body without the field still gets that 422.
+    ``async`` so that it runs on the event loop: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop per upload (at 224 px, concurrency 16 on the Zen 5 EPYC: 236-246
+    requests/s against 261-271).
     """
     content_type = request.headers.get("content-type")
     media_type, _options = parse_options_header(content_type)
