@@ -28,9 +28,13 @@ def main() -> None:
     checkpoint = ModelCheckpoint(dirpath=paths.VAE_CHECKPOINTS, filename="best", monitor="val/loss",
                                  mode="min", save_top_k=1, enable_version_counter=False,
                                  save_weights_only=True)
+    stored = data.data.image_size
+    upsampled = ": upsampled, set data.image_size to at least vae.image_size for their full detail"
     trainer = make_trainer(params.train, vae.epochs, paths.VAE_TRAIN_LOG_DIR,
                            [checkpoint, EarlyStopping("val/loss", mode="min", patience=vae.patience)],
-                           name="train_vae", image_size=vae.image_size)
+                           name="train_vae", image_size=vae.image_size,
+                           choices={"image_size": f"{vae.image_size} px, from {stored}-px prepared images"
+                                                  f"{upsampled if vae.image_size > stored else ''}"})
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:

@@ -184,17 +184,19 @@ def test_stages_on_tiny_data(tmp_path, monkeypatch) -> None:
     from flowerlab.classifier.network import ExportedClassifier, ImageClassifier
     from stages import evaluate_vae
 
-    write_params(tmp_path, TINY)
+    write_params(tmp_path, {**TINY, "vae.image_size": 24})  # above the prepared 16 px
     result = run_stages(tmp_path, "prepare", "split", "train_vae")
     assert result.returncode == 0, result.stderr
+    assert ("train_vae: image_size 24 px, from 16-px prepared images: upsampled, set data.image_size "
+            "to at least vae.image_size") in result.stdout
     torch.manual_seed(0)  # an untrained stand-in for the train stage's classifier
     meta = classifier_meta().model_copy(update={"image_size": 16, "classes": [str(c) for c in range(102)]})
     export_program(ExportedClassifier(ImageClassifier(102)), torch.rand(2, 3, 16, 16),
                    tmp_path / "models/classifier.pt2", meta)
     decoder, meta = load_program(tmp_path / "models/vae_decoder.pt2")
     assert (meta["kind"], meta["latent_dim"], meta["image_size"], meta["num_classes"]) == \
-        ("vae_decoder", 4, 16, 102)
-    assert decoder(torch.zeros(3, 4)).shape == (3, 3, 16, 16)
+        ("vae_decoder", 4, 24, 102)
+    assert decoder(torch.zeros(3, 4)).shape == (3, 3, 24, 24)
     assert load_program(tmp_path / "models/vae_encoder.pt2")[1]["outputs"] == ["mu", "logvar"]
     assert (tmp_path / "models/checkpoints/vae/best.ckpt").is_file()
     logged = tmp_path / "metrics/train_vae/plots"
@@ -216,5 +218,5 @@ def test_stages_on_tiny_data(tmp_path, monkeypatch) -> None:
     assert metrics["samples"] == metrics["test_images"] == 102
     assert 0 < metrics["class_coverage"] <= 1 and metrics["kl"] >= 0
     images = tmp_path / "metrics/vae/plots/images"
-    assert Image.open(images / "samples.png").size == (8 * 17 + 1, 8 * 17 + 1)
-    assert Image.open(images / "reconstructions.png").size == (8 * 17 + 1, 8 * 17 + 1)
+    assert Image.open(images / "samples.png").size == (8 * 25 + 1, 8 * 25 + 1)  # 24-px tiles, 1-px gaps
+    assert Image.open(images / "reconstructions.png").size == (8 * 25 + 1, 8 * 25 + 1)
