@@ -168,6 +168,17 @@ class Crash(Exception):
     pass
 
 
+class CrashAtEpoch(L.Callback):
+    """Raises :class:`Crash` as epoch ``epoch`` starts (``None``: never), as a killed run stops."""
+
+    def __init__(self, epoch: int | None):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            raise Crash
+
+
 @pytest.mark.slow
 def test_resuming_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch) -> None:
     from flowerlab.config import TrainParams
@@ -181,14 +192,6 @@ def test_resuming_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypat
         def __getitem__(self, index):
             image, label = super().__getitem__(index)
             return (image.flip(-1) if torch.rand(()) < 0.5 else image), label
-
-    class CrashAtEpoch(L.Callback):
-        def __init__(self, epoch: int | None):
-            self.epoch = epoch
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == self.epoch:
-                raise Crash
 
     def fit(folder: str, resume: bool, crash_at: int | None = None) -> FlowerClassifier:
         L.seed_everything(0)
@@ -445,24 +448,20 @@ def test_a_resumed_progressive_run_trains_each_epoch_at_its_scheduled_size(tmp_p
     assert len(set(expected[3:])) > 1  # the resumed epochs span more than one size
 
     class Sides(L.Callback):
-        def __init__(self, crash_at: int | None):
-            self.crash_at, self.sides = crash_at, []
-
-        def on_train_epoch_start(self, trainer, pl_module) -> None:
-            if trainer.current_epoch == self.crash_at:
-                raise Crash
+        def __init__(self):
+            self.sides = []
 
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             self.sides.append((trainer.current_epoch, batch[0].shape[-1]))
 
     def fit(resume: bool, crash_at: int | None) -> Sides:
-        sides = Sides(crash_at)
+        sides = Sides()
         L.seed_everything(0)
         data = FlowerData(prepared, split, 8,
                           augmentation=PRESETS["strong"], progressive_epochs=epochs)
         run = make_trainer(TrainParams(accelerator="cpu", precision="32-true"), epochs, "live",
-                           [*checkpoints("ckpt", "val/acc", "max"), sides], name="train",
-                           reload_train_data=True)
+                           [*checkpoints("ckpt", "val/acc", "max"), CrashAtEpoch(crash_at), sides],
+                           name="train", reload_train_data=True)
         run.fit(FlowerClassifier(ImageClassifier(4), 4, lr=1e-3), datamodule=data,
                 ckpt_path=resume_from("ckpt", resume, epochs))
         return sides
