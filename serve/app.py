@@ -63,6 +63,7 @@ from serve.registry import (
 from serve.rejections import (
     InputRejected,
     UploadLimit,
+    UploadLimits,
     file_too_large,
     handle_input_rejected,
     handle_validation_error,
@@ -198,10 +199,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(service.worker.stop)
 
 
-def upload_limit(scope: Scope) -> int | None:
-    """The upload limit (UploadLimit adds the multipart framing); none before startup."""
+def upload_limits(scope: Scope) -> UploadLimits | None:
+    """The upload's size limit (UploadLimit adds the multipart framing) and time limit; none before
+    startup."""
     service: Service | None = getattr(scope["app"].state, "service", None)
-    return None if service is None else service.settings.max_upload_bytes
+    if service is None:
+        return None
+    return UploadLimits(service.settings.max_upload_bytes, service.settings.upload_timeout_s)
 
 
 def current_service(request: Request) -> Service:
@@ -278,7 +282,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(QueueFull, handle_busy)
     app.add_exception_handler(WorkerStopped, handle_busy)
     app.add_exception_handler(DeadlineExceeded, handle_deadline)
-    app.add_middleware(UploadLimit, upload_limit=upload_limit)
+    app.add_middleware(UploadLimit, limits=upload_limits)
     app.add_middleware(RequestMetrics)  # added last, so outermost: it also counts UploadLimit's 413s
 
     @app.get("/health", response_model=HealthResponse)
@@ -303,7 +307,7 @@ def create_app() -> FastAPI:
     uploads = [Depends(require_multipart)]
 
     @app.post("/predict", response_model=PredictResponse, dependencies=uploads,
-              responses=error_responses(400, 413, 415, 422, 503, 504))
+              responses=error_responses(400, 408, 413, 415, 422, 503, 504))
     async def predict(
         request: Request,
         file: ImageUpload,
@@ -331,7 +335,7 @@ def create_app() -> FastAPI:
 
     @app.post("/reconstruct", response_class=Response, dependencies=uploads,
               responses={200: {**PNG_RESPONSE, "description": "the reconstruction, image_size x image_size"},
-                         **error_responses(400, 413, 415, 422, 503, 504)})
+                         **error_responses(400, 408, 413, 415, 422, 503, 504)})
     async def reconstruct(request: Request, file: ImageUpload) -> Response:
         """The VAE's reconstruction of one image: decoder(encoder mean), as a PNG at the VAE's size.
 

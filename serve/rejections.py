@@ -1,9 +1,11 @@
-"""Rejecting bad input: one exception type, its JSON response, the request body size limit, and the
-uploads' Content-Type."""
+"""Rejecting bad input: one exception type, its JSON response, the request body's size and time
+limits, and the uploads' Content-Type."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -19,20 +21,22 @@ from serve.settings import env_name
 # Room for the multipart boundaries and part headers around an upload of the maximum size.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_LIMIT_VARIABLE = env_name("max_upload_bytes")
+UPLOAD_TIMEOUT_VARIABLE = env_name("upload_timeout_s")
 
 
 class InputRejected(HTTPException):
     """A 4xx for bad input; ``reason`` labels the rejection in the metrics."""
 
-    def __init__(self, status_code: int, reason: str, detail: str) -> None:
-        super().__init__(status_code=status_code, detail=detail)
+    def __init__(self, status_code: int, reason: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
         self.reason = reason
 
 
 def rejection_response(error: InputRejected) -> JSONResponse:
     """Count the rejection and answer ``{"detail": ...}``."""
     REJECTED.labels(error.reason).inc()
-    return JSONResponse({"detail": error.detail}, status_code=error.status_code)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
 
 
 async def handle_input_rejected(request: Request, error: Exception) -> Response:
@@ -76,38 +80,65 @@ async def require_multipart(request: Request) -> None:
                                                   f"named 'file' (got {got})")
 
 
+def upload_too_slow(timeout_s: float) -> InputRejected:
+    """408 for a request body still arriving ``timeout_s`` after its headers; the connection closes
+    (the rest of the body is never read)."""
+    return InputRejected(408, "upload_timeout",
+                         f"the request body did not arrive within {timeout_s:g} s "
+                         f"({UPLOAD_TIMEOUT_VARIABLE})",
+                         headers={"Connection": "close"})
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_bytes: int  # FLOWERLAB_MAX_UPLOAD_BYTES
+    timeout_s: float  # FLOWERLAB_UPLOAD_TIMEOUT_S
+
+
 class UploadLimit:
-    """Refuse request bodies over ``upload_limit(scope)`` bytes (FLOWERLAB_MAX_UPLOAD_BYTES) plus
-    :data:`MULTIPART_OVERHEAD_BYTES` before they are spooled.
+    """Refuse request bodies over ``limits(scope).max_bytes`` (FLOWERLAB_MAX_UPLOAD_BYTES) plus
+    :data:`MULTIPART_OVERHEAD_BYTES` before they are spooled, and bodies not in whole
+    ``limits(scope).timeout_s`` (FLOWERLAB_UPLOAD_TIMEOUT_S) after the request's headers.
 
     A declared Content-Length over the limit is refused without reading the body; the bytes that
-    actually arrive are counted too, which covers chunked uploads and a lying Content-Length.
+    actually arrive are counted too, which covers chunked uploads and a lying Content-Length. The
+    deadline covers every read until the body's last part, so a client that trickles its upload (or
+    declares more than it sends) gets a 408 and its connection closed instead of holding it, and the
+    spooled part, for ever. ``limits`` returns None before startup: nothing is limited then.
     """
 
-    def __init__(self, app: ASGIApp, upload_limit: Callable[[Scope], int | None]) -> None:
+    def __init__(self, app: ASGIApp, limits: Callable[[Scope], UploadLimits | None]) -> None:
         self.app = app
-        self.upload_limit = upload_limit
+        self.limits = limits
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        upload_limit = self.upload_limit(scope) if scope["type"] == "http" else None
-        if upload_limit is None:
+        limits = self.limits(scope) if scope["type"] == "http" else None
+        if limits is None:
             await self.app(scope, receive, send)
             return
-        limit = upload_limit + MULTIPART_OVERHEAD_BYTES
+        limit = limits.max_bytes + MULTIPART_OVERHEAD_BYTES
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await rejection_response(body_too_large(upload_limit))(scope, receive, send)
+            await rejection_response(body_too_large(limits.max_bytes))(scope, receive, send)
             return
-        received = 0
+        received, body_done = 0, False
+        deadline = asyncio.get_running_loop().time() + limits.timeout_s
 
         async def capped_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # e.g. waiting for the client to disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):  # no task per read, unlike wait_for
+                    message = await receive()
+            except TimeoutError:
+                # An HTTPException passes through form parsing to the app's exception handler.
+                raise upload_too_slow(limits.timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    # An HTTPException passes through form parsing to the app's exception handler.
-                    raise body_too_large(upload_limit)
+                    raise body_too_large(limits.max_bytes)
+                body_done = not message.get("more_body", False)
             return message
 
         await self.app(scope, capped_receive, send)

@@ -118,6 +118,8 @@ class GenerateResponse(BaseModel):
 
 ERROR_DESCRIPTIONS = {
     400: "the body is not valid multipart/form-data",
+    408: "the request body did not arrive within FLOWERLAB_UPLOAD_TIMEOUT_S of its headers; the "
+         "connection is closed",
     413: "upload over FLOWERLAB_MAX_UPLOAD_BYTES, or image over FLOWERLAB_MAX_PIXELS (decompression bomb)",
     415: "not an image in a supported format",
     422: "bad k, empty file, truncated or corrupt image, an aspect ratio too extreme to resize within "

@@ -10,7 +10,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class ServeSettings(BaseSettings):
-    """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_MAX_PIXELS`` and the inference
+    """``FLOWERLAB_ROOT``, ``FLOWERLAB_MAX_UPLOAD_BYTES``, ``FLOWERLAB_UPLOAD_TIMEOUT_S``,
+    ``FLOWERLAB_MAX_PIXELS`` and the inference
     worker's ``FLOWERLAB_MAX_BATCH``, ``FLOWERLAB_BATCH_WAIT_MS``, ``_BATCH_WAIT_FOR_INCOMING_ONLY``,
     ``FLOWERLAB_INFERENCE_RUNNERS``, ``FLOWERLAB_INFERENCE_THREADS``, ``FLOWERLAB_MAX_QUEUE`` and
     ``FLOWERLAB_REQUEST_TIMEOUT_S``;
@@ -23,6 +24,10 @@ class ServeSettings(BaseSettings):
     root: Path = Path(".")
     # Largest accepted upload; the request body may carry a little multipart framing on top.
     max_upload_bytes: PositiveInt = 10 * 1024 * 1024
+    # From a request's headers to the last byte of its body; past it the request answers 408 and its
+    # connection closes, so a client that trickles its upload holds nothing for long. 60 s carries
+    # 10 MiB at 1.4 Mbit/s.
+    upload_timeout_s: PositiveFloat = 60.0
     # Tighter than Pillow's ~89 MP default: 40 MP covers any phone photo, and decoding is bounded.
     max_pixels: PositiveInt = 40_000_000
     # Most images (or latents) per model call; /generate runs in chunks of this many samples.

@@ -26,7 +26,7 @@ from serve.app import create_app
 from serve.drift import load_reference
 from serve.predictor import ClassifierPredictor, decode_upload
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
-from serve.rejections import MULTIPART_OVERHEAD_BYTES, InputRejected, UploadLimit
+from serve.rejections import MULTIPART_OVERHEAD_BYTES, InputRejected, UploadLimit, UploadLimits
 from tests.builders import (
     CLASSES,
     IMAGE_SIZE,
@@ -245,10 +245,49 @@ def test_declared_content_length_over_the_limit_is_refused_unread() -> None:
 
     declared = str(10 + MULTIPART_OVERHEAD_BYTES + 1).encode()
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", declared)]}
-    asyncio.run(UploadLimit(endpoint, upload_limit=lambda scope: 10)(scope, receive, send))
+    asyncio.run(UploadLimit(endpoint, limits=lambda scope: UploadLimits(10, 60.0))(scope, receive, send))
     assert sent[0]["status"] == 413
     assert sent[1]["body"] == (b'{"detail":"request body is larger than the limit of 10 bytes '
                                b'(FLOWERLAB_MAX_UPLOAD_BYTES) plus 65536 bytes of multipart framing"}')
+
+
+def test_a_body_still_arriving_past_the_upload_timeout_is_408_and_closes() -> None:
+    """The deadline covers each read until the body's last part, and none after it (a wait for the
+    client to disconnect is not an upload)."""
+    parts = [{"type": "http.request", "body": b"x" * 10, "more_body": True}]
+
+    async def receive() -> dict:
+        if parts:
+            return parts.pop(0)
+        await asyncio.sleep(0.3)  # past the 0.1 s deadline
+        return {"type": "http.request", "body": b"y", "more_body": False}
+
+    async def read_body(scope: dict, receive, send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    limits = UploadLimits(1000, 0.1)
+    with pytest.raises(InputRejected) as raised:
+        asyncio.run(UploadLimit(read_body, limits=lambda scope: limits)(scope, receive, None))
+    assert raised.value.status_code == 408
+    assert raised.value.detail == "the request body did not arrive within 0.1 s (FLOWERLAB_UPLOAD_TIMEOUT_S)"
+    assert raised.value.headers == {"Connection": "close"}
+
+    complete = [{"type": "http.request", "body": b"x", "more_body": False}]
+
+    async def then_disconnect() -> dict:
+        if complete:
+            return complete.pop(0)
+        await asyncio.sleep(0.3)
+        return {"type": "http.disconnect"}
+
+    async def read_then_wait_for_disconnect(scope: dict, receive, send) -> None:
+        assert (await receive())["body"] == b"x"
+        assert (await receive())["type"] == "http.disconnect"  # 0.3 s later, past the deadline: no 408
+
+    waiting = UploadLimit(read_then_wait_for_disconnect, limits=lambda scope: limits)
+    asyncio.run(waiting(scope, then_disconnect, None))
 
 
 def test_health_and_ready(client: TestClient, served_root: Path) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import io
 import logging
 import os
+import socket
 import subprocess
+import time
 import traceback
 from pathlib import Path
 
@@ -18,8 +20,8 @@ from flowerlab import paths
 from flowerlab.files import file_md5
 from serve.__main__ import STARTUP_FAILURE, OmitRefusalTraceback
 from serve.app import StartupRefused
-from tests.builders import CLASSES, write_lock
-from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn
+from tests.builders import CLASSES, encode_image, noise_image, write_lock
+from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +45,59 @@ def test_uvicorn_serves_predictions(server: tuple[str, httpx.Response], served_r
     rejected = httpx.post(f"{url}/predict", files={"file": ("a.txt", b"hello")}, timeout=30)
     assert rejected.status_code == 415
     assert httpx.get(f"{url}/health", timeout=5).json() == {"status": "ok"}
+
+
+def raw_upload(url: str, data: bytes) -> tuple[socket.socket, bytes, bytes]:
+    """A connection to ``url`` and, unsent, the headers and the multipart body of a /predict of
+    ``data``, for a client that sends them as slowly as it likes."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="f.png"\r\n'
+            b"Content-Type: image/png\r\n\r\n" + data + b"\r\n--b--\r\n")
+    headers = (f"POST /predict HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode()
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=STARTUP_SECONDS), headers, body
+
+
+def read_until_closed(connection: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a socket timeout fails the test)."""
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_trickled_upload_gets_408_and_its_connection_closed(served_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that sends its headers and only part of its body (slowloris) holds its connection, and
+    the spooled part, only until FLOWERLAB_UPLOAD_TIMEOUT_S after its headers: then a 408 and the
+    connection closed. Meanwhile other clients are answered; an upload that arrives in pieces within
+    the deadline is answered as usual."""
+    monkeypatch.setenv("FLOWERLAB_UPLOAD_TIMEOUT_S", "2")
+    image = encode_image(noise_image(), "PNG")
+    with uvicorn_server(served_root, tmp_path / "uvicorn.log") as (url, _ready):
+        stalled, headers, body = raw_upload(url, image)
+        with stalled:
+            stalled.sendall(headers + body[:100])
+            sent = time.monotonic()
+            other = httpx.post(f"{url}/predict", files={"file": ("f.png", image)}, timeout=30)
+            assert other.status_code == 200, other.text
+            answer = read_until_closed(stalled)
+            waited = time.monotonic() - sent
+        assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert answer.endswith(b'{"detail":"the request body did not arrive within 2 s '
+                               b'(FLOWERLAB_UPLOAD_TIMEOUT_S)"}')
+        assert 1.5 < waited < 30  # the deadline runs from the headers, sent just before
+
+        trickled, headers, body = raw_upload(url, image)
+        with trickled:
+            trickled.sendall(headers)
+            for start in range(0, len(body), len(body) // 4 + 1):
+                time.sleep(0.1)
+                trickled.sendall(body[start:start + len(body) // 4 + 1])
+            status_line = trickled.recv(65536).split(b"\r\n", 1)[0]
+        assert status_line == b"HTTP/1.1 200 OK"
+        metrics = httpx.get(f"{url}/metrics", timeout=5).text
+        assert 'flowerlab_rejected_inputs_total{reason="upload_timeout"} 1.0' in metrics
 
 
 def test_uvicorn_refuses_to_start_on_hash_mismatch(served_root: Path, tmp_path: Path) -> None:
