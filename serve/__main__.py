@@ -24,8 +24,7 @@ from typing import Any
 import uvicorn
 from uvicorn.config import LOGGING_CONFIG
 
-from serve.app import StartupRefused
-from serve.settings import SettingsError, read_settings
+from serve.settings import SettingsError, StartupRefused, read_settings
 
 STARTUP_FAILURE = 3  # uvicorn's own exit status when the application fails to start
 # In the traceback Starlette formats (traceback.format_exc), the line naming StartupRefused.

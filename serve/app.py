@@ -85,7 +85,7 @@ from serve.schemas import (
     VaeMetrics,
     error_responses,
 )
-from serve.settings import ServeSettings, SettingsError, read_settings
+from serve.settings import ServeSettings, SettingsError, StartupRefused, read_settings
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +94,6 @@ DEFAULT_SAMPLES = 64
 STATIC_DIR = Path(__file__).parent / "static"
 RETRY_AFTER_S = 1  # a full queue drains in a few batches
 T = TypeVar("T")
-
-
-class StartupRefused(RuntimeError):
-    """The service must not start (bad settings, a model missing or not matching dvc.lock); the
-    lifespan has logged why, in one line, and ``python -m serve`` shows no traceback for it."""
 
 
 @dataclass(frozen=True)

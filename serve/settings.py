@@ -62,6 +62,12 @@ class ServeSettings(BaseSettings):
         return self
 
 
+class StartupRefused(RuntimeError):
+    """The service must not start (bad settings, a model missing or not matching dvc.lock); the
+    lifespan has logged why, in one line, and ``python -m serve`` shows no traceback for it. Here,
+    not in serve.app, so that ``python -m serve`` (and its ``--help``) need not import torch."""
+
+
 class SettingsError(ValueError):
     """A ``FLOWERLAB_*`` variable holds a value the service cannot use; the message names it."""
 

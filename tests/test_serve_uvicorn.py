@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -19,9 +20,9 @@ from PIL import Image
 from flowerlab import paths
 from flowerlab.files import file_md5
 from serve.__main__ import STARTUP_FAILURE, OmitRefusalTraceback
-from serve.app import StartupRefused
+from serve.settings import StartupRefused
 from tests.builders import CLASSES, encode_image, noise_image, write_lock
-from tests.servers import STARTUP_SECONDS, free_port, start_uvicorn, uvicorn_server
+from tests.servers import REPO, STARTUP_SECONDS, free_port, start_uvicorn, uvicorn_server
 
 pytestmark = pytest.mark.slow
 
@@ -160,3 +161,12 @@ def test_only_the_refusal_loses_its_traceback() -> None:
     assert logged(formatted(RuntimeError("refusing to start: dvc.lock not found")))
     assert logged(formatted(ZeroDivisionError("division by zero")))
     assert logged("Application startup failed. Exiting.")
+
+
+def test_the_launcher_needs_no_torch() -> None:
+    """``python -m serve --help`` and a bad setting answer at once: the launcher imports neither torch
+    nor serve.app (uvicorn imports the app once it starts). With torch it took 3.7 s."""
+    check = ("import sys, serve.__main__; "
+             "assert 'torch' not in sys.modules and 'serve.app' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", check], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
