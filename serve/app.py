@@ -239,12 +239,23 @@ async def in_pool(service: Service, function: Callable[..., T], *args: Any) -> T
     return await anyio.to_thread.run_sync(single_threaded, function, *args, limiter=service.cpu_pool)
 
 
-async def decoded(service: Service, kind: str, decode: Callable[[bytes], torch.Tensor], data: bytes
-                  ) -> torch.Tensor:
-    """An upload decoded and preprocessed off the event loop, as a batch of one."""
+async def decoded(service: Service, kind: str, decode: Callable[[bytes], torch.Tensor], data: bytes,
+                  until: float) -> torch.Tensor:
+    """An upload decoded and preprocessed off the event loop, as a batch of one.
+
+    Waiting for a decoding thread counts against the request's deadline ``until`` (504 once it
+    passes, before the decode starts), and at most ``FLOWERLAB_MAX_QUEUE`` requests wait for one (503
+    beyond): a flood of costly uploads (a 40-MP 16-bit PNG decodes for seconds) backs up nobody for
+    longer than the deadline, and is refused once the line is full."""
+    if service.cpu_pool.statistics().tasks_waiting >= service.settings.max_queue:
+        raise QueueFull(f"{service.settings.max_queue} requests already wait to be decoded; retry later")
     start = time.perf_counter()
     with service.worker.incoming():  # a batch forming meanwhile may wait for this request
-        image = await in_pool(service, decode, data)
+        try:
+            with anyio.fail_after(max(0.0, until - time.monotonic())):
+                image = await in_pool(service, decode, data)
+        except TimeoutError:
+            raise DeadlineExceeded("no answer within the request timeout") from None
     DECODE_SECONDS.labels(kind).observe(time.perf_counter() - start)
     return image.unsqueeze(0)
 
@@ -319,7 +330,7 @@ def create_app() -> FastAPI:
         data = await read_upload(service, file)
         start, until = time.perf_counter(), deadline(service)
         predictor = service.predictor
-        image = await decoded(service, "predict", predictor.decode_request, data)
+        image = await decoded(service, "predict", predictor.decode_request, data, until)
         probabilities = await service.worker.infer("predict", predictor.predict, image, until)
         service.drift.observe(image.reshape(1, *image.shape[-3:]).numpy(), probabilities.numpy())
         response = predictor.encode_response(probabilities[0], k)
@@ -339,7 +350,7 @@ def create_app() -> FastAPI:
         service = current_service(request)
         data = await read_upload(service, file)
         start, until = time.perf_counter(), deadline(service)
-        image = await decoded(service, "reconstruct", service.vae.decode_request, data)
+        image = await decoded(service, "reconstruct", service.vae.decode_request, data, until)
         reconstruction = await service.worker.infer("reconstruct", service.vae.reconstruct, image, until)
         png = await in_pool(service, to_png, reconstruction[0])
         RECONSTRUCTION_SECONDS.observe(time.perf_counter() - start)

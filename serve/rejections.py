@@ -104,7 +104,10 @@ class UploadLimit:
     actually arrive are counted too, which covers chunked uploads and a lying Content-Length. The
     deadline covers every read until the body's last part, so a client that trickles its upload (or
     declares more than it sends) gets a 408 and its connection closed instead of holding it, and the
-    spooled part, for ever. ``limits`` returns None before startup: nothing is limited then.
+    spooled part, for ever. A response that starts before the body has all arrived (any early
+    refusal: not multipart, malformed, too large) closes the connection too, since uvicorn would
+    otherwise go on reading and discarding the rest of the body with no deadline at all.
+    ``limits`` returns None before startup: nothing is limited then.
     """
 
     def __init__(self, app: ASGIApp, limits: Callable[[Scope], UploadLimits | None]) -> None:
@@ -117,12 +120,21 @@ class UploadLimit:
             await self.app(scope, receive, send)
             return
         limit = limits.max_bytes + MULTIPART_OVERHEAD_BYTES
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > limit:
-            await rejection_response(body_too_large(limits.max_bytes))(scope, receive, send)
-            return
-        received, body_done = 0, False
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"")
+        received = 0
+        # A body is coming unless the request says it has none; with no body, nothing to wait for.
+        body_done = b"transfer-encoding" not in headers and (not declared.isdigit() or int(declared) == 0)
         deadline = asyncio.get_running_loop().time() + limits.timeout_s
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not body_done:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+            await send(message)
+
+        if declared.isdigit() and int(declared) > limit:
+            await rejection_response(body_too_large(limits.max_bytes))(scope, receive, closing_send)
+            return
 
         async def capped_receive() -> Message:
             nonlocal received, body_done
@@ -141,4 +153,4 @@ class UploadLimit:
                 body_done = not message.get("more_body", False)
             return message
 
-        await self.app(scope, capped_receive, send)
+        await self.app(scope, capped_receive, closing_send)

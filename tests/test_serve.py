@@ -266,7 +266,7 @@ def test_a_body_still_arriving_past_the_upload_timeout_is_408_and_closes() -> No
         while (await receive()).get("more_body"):
             pass
 
-    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": []}
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"11")]}
     limits = UploadLimits(1000, 0.1)
     with pytest.raises(InputRejected) as raised:
         asyncio.run(UploadLimit(read_body, limits=lambda scope: limits)(scope, receive, None))
@@ -288,6 +288,30 @@ def test_a_body_still_arriving_past_the_upload_timeout_is_408_and_closes() -> No
 
     waiting = UploadLimit(read_then_wait_for_disconnect, limits=lambda scope: limits)
     asyncio.run(waiting(scope, then_disconnect, None))
+
+
+@pytest.mark.parametrize("headers, closes", [
+    ([(b"content-length", b"5000")], True),  # a body the app never read: uvicorn would read it on, unbounded
+    ([(b"transfer-encoding", b"chunked")], True),
+    ([(b"content-length", b"0")], False),  # no body: keep-alive as usual
+    ([], False),
+])
+def test_a_response_before_the_whole_body_closes_the_connection(headers: list, closes: bool) -> None:
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def answers_at_once(scope: dict, receive, send) -> None:  # e.g. the not-multipart 400
+        start = {"type": "http.response.start", "status": 400, "headers": [(b"content-type", b"text/plain")]}
+        await send(start)
+        await send({"type": "http.response.body", "body": b"no"})
+
+    scope = {"type": "http", "method": "POST", "path": "/predict", "headers": headers}
+    limited = UploadLimit(answers_at_once, limits=lambda scope: UploadLimits(10_000, 60.0))
+    asyncio.run(limited(scope, None, send))
+    assert ((b"connection", b"close") in sent[0]["headers"]) == closes
+    assert (b"content-type", b"text/plain") in sent[0]["headers"]
 
 
 def test_health_and_ready(client: TestClient, served_root: Path) -> None:

@@ -494,6 +494,34 @@ def test_request_past_its_deadline_is_504_and_never_computed(served_root: Path,
     assert sample("flowerlab_inference_expired_total", kind="predict") - expired == 1
 
 
+def test_uploads_wait_for_a_decoding_thread_within_their_deadline_and_the_queue_bound(
+        served_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One decoding thread, held by a slow decode (a 40-MP 16-bit PNG takes seconds): the next upload
+    waits for it only until its deadline (504, never decoded), and once FLOWERLAB_MAX_QUEUE uploads
+    wait for a decoding thread the next one is a 503. Before, they all waited, with no bound and no
+    deadline, and the deadline started only after the decode."""
+    monkeypatch.setattr(app_module, "cpu_threads", lambda: 1)
+    with started(served_root, monkeypatch, max_queue=1, request_timeout_s=2) as client, \
+            ThreadPoolExecutor(2) as pool:
+        gate = Gate(monkeypatch, ClassifierPredictor, "decode_request")
+        try:
+            slow = pool.submit(post, client, IMAGES[0])
+            gate.wait_entered()  # the only decoding thread is busy
+            waiting = pool.submit(post, client, IMAGES[1])
+            wait_until(lambda: client.app.state.service.cpu_pool.statistics().tasks_waiting == 1)
+            full = post(client, IMAGES[2])
+            assert full.status_code == 503 and full.headers["retry-after"] == "1"
+            assert full.json() == {"detail": "1 requests already wait to be decoded; retry later"}
+            late = waiting.result()
+            assert late.status_code == 504
+            assert late.json() == {"detail": "no answer within the request timeout"}
+        finally:
+            gate.open()
+        assert slow.result().status_code == 504  # its decode ended past its deadline
+        assert post(client, IMAGES[3]).status_code == 200
+    assert gate.batches == [len(IMAGES[0]), len(IMAGES[3])]  # the one that waited was never decoded
+
+
 def test_predict_runs_between_the_chunks_of_a_large_generate(client: TestClient, served_root: Path,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     expected = client.post("/generate", params={"n": 256, "seed": 1}).content  # the shared app

@@ -100,6 +100,15 @@ def test_a_trickled_upload_gets_408_and_its_connection_closed(served_root: Path,
         metrics = httpx.get(f"{url}/metrics", timeout=5).text
         assert 'flowerlab_rejected_inputs_total{reason="upload_timeout"} 1.0' in metrics
 
+        # Refused before its body has arrived (not multipart): the answer closes the connection, or
+        # uvicorn would read the rest on, with no deadline, for as long as the client trickles it.
+        early, headers, body = raw_upload(url, image)
+        with early:
+            early.sendall(headers.replace(b"multipart/form-data; boundary=b", b"image/png") + body[:100])
+            answer = read_until_closed(early)
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 400 ") and b"\r\nconnection: close" in head, answer
+
 
 def test_uvicorn_refuses_to_start_on_hash_mismatch(served_root: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
