@@ -44,11 +44,29 @@ async def handle_input_rejected(request: Request, error: Exception) -> Response:
     return rejection_response(error)
 
 
+# FastAPI's messages for the upload field, and what they mean for the client who got them.
+FILE_FIELD_MESSAGES = {
+    "value_error": "the field 'file' must be a file part with a filename (curl -F 'file=@photo.jpg'), "
+                   "not a plain form field",
+    "missing": "Field required: no complete multipart part named 'file' (none was sent, or the body "
+               "ended before its closing boundary)",
+}
+
+
 async def handle_validation_error(request: Request, error: Exception) -> Response:
-    """FastAPI's own 422 (missing field, wrong type), counted as a rejection."""
+    """FastAPI's own 422 (missing field, wrong type), counted as a rejection. A body field's ``input``
+    is not echoed back (it can be a whole upload: a 1 MB file sent as a plain field came back as 2 MB
+    of JSON), and the upload field's messages say what to send instead."""
     assert isinstance(error, RequestValidationError)
     REJECTED.labels("invalid_request").inc()
-    return await request_validation_exception_handler(request, error)
+    problems = []
+    for problem in error.errors():
+        if tuple(problem.get("loc", ()))[:1] == ("body",):
+            problem = {key: value for key, value in problem.items() if key != "input"}
+            if tuple(problem["loc"]) == ("body", "file") and problem.get("type") in FILE_FIELD_MESSAGES:
+                problem["msg"] = FILE_FIELD_MESSAGES[problem["type"]]
+        problems.append(problem)
+    return await request_validation_exception_handler(request, RequestValidationError(problems, body=None))
 
 
 def file_too_large(upload_limit: int) -> InputRejected:

@@ -314,6 +314,31 @@ def test_a_response_before_the_whole_body_closes_the_connection(headers: list, c
     assert (b"content-type", b"text/plain") in sent[0]["headers"]
 
 
+def test_an_upload_sent_wrong_gets_a_422_that_says_what_to_send_not_the_upload(client: TestClient) -> None:
+    """A file sent as a plain form field (``curl -F 'file=<photo.jpg'``: no filename), and a body cut
+    before its closing boundary. FastAPI's own 422 echoed the whole upload back as ``input``."""
+    image = encode_image(noise_image(200, 200), "PNG")
+    plain_field = b'--b\r\nContent-Disposition: form-data; name="file"\r\n\r\n' + image + b"\r\n--b--\r\n"
+    cut_short = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="f.png"\r\n\r\n'
+                 + image[:500])
+    expected = {
+        plain_field: "the field 'file' must be a file part with a filename (curl -F 'file=@photo.jpg'), "
+                     "not a plain form field",
+        cut_short: "Field required: no complete multipart part named 'file' (none was sent, or the body "
+                   "ended before its closing boundary)",
+    }
+    for body, message in expected.items():
+        response = client.post("/predict", content=body,
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+        assert response.status_code == 422
+        [problem] = response.json()["detail"]
+        assert problem["loc"] == ["body", "file"] and problem["msg"] == message
+        assert "input" not in problem and len(response.content) < 1000
+    # Query parameters keep FastAPI's messages, input included.
+    [problem] = post(client, image, k="abc").json()["detail"]
+    assert problem["loc"] == ["query", "k"] and problem["input"] == "abc"
+
+
 def test_health_and_ready(client: TestClient, served_root: Path) -> None:
     assert client.get("/health").json() == {"status": "ok"}
     ready = client.get("/ready")
