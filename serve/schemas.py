@@ -126,7 +126,8 @@ ERROR_DESCRIPTIONS = {
          "FLOWERLAB_MAX_PIXELS (detail is a string), "
          "or a malformed request such as a missing field or an out-of-range query parameter "
          "(detail is FastAPI's list of errors)",
-    503: "model not loaded yet, or FLOWERLAB_MAX_QUEUE requests already wait for the inference worker "
+    503: "model not loaded yet, or FLOWERLAB_MAX_QUEUE requests already wait for a decoding thread or "
+         "for the inference worker "
          "(then Retry-After says when to retry)",
     504: "no answer within FLOWERLAB_REQUEST_TIMEOUT_S; the request was not computed",
 }
