@@ -27,16 +27,15 @@ UPLOAD_TIMEOUT_VARIABLE = env_name("upload_timeout_s")
 class InputRejected(HTTPException):
     """A 4xx for bad input; ``reason`` labels the rejection in the metrics."""
 
-    def __init__(self, status_code: int, reason: str, detail: str,
-                 headers: dict[str, str] | None = None) -> None:
-        super().__init__(status_code=status_code, detail=detail, headers=headers)
+    def __init__(self, status_code: int, reason: str, detail: str) -> None:
+        super().__init__(status_code=status_code, detail=detail)
         self.reason = reason
 
 
 def rejection_response(error: InputRejected) -> JSONResponse:
     """Count the rejection and answer ``{"detail": ...}``."""
     REJECTED.labels(error.reason).inc()
-    return JSONResponse({"detail": error.detail}, status_code=error.status_code, headers=error.headers)
+    return JSONResponse({"detail": error.detail}, status_code=error.status_code)
 
 
 async def handle_input_rejected(request: Request, error: Exception) -> Response:
@@ -99,12 +98,11 @@ async def require_multipart(request: Request) -> None:
 
 
 def upload_too_slow(timeout_s: float) -> InputRejected:
-    """408 for a request body still arriving ``timeout_s`` after its headers; the connection closes
-    (the rest of the body is never read)."""
+    """408 for a request body still arriving ``timeout_s`` after its headers. Its connection closes,
+    as for every answer sent before the body has all arrived (:class:`UploadLimit`)."""
     return InputRejected(408, "upload_timeout",
                          f"the request body did not arrive within {timeout_s:g} s "
-                         f"({UPLOAD_TIMEOUT_VARIABLE})",
-                         headers={"Connection": "close"})
+                         f"({UPLOAD_TIMEOUT_VARIABLE})")
 
 
 @dataclass(frozen=True)

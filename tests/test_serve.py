@@ -26,7 +26,13 @@ from serve.app import create_app
 from serve.drift import load_reference
 from serve.predictor import ClassifierPredictor, decode_upload
 from serve.registry import CLASSIFIER, LoadedArtifact, ModelLoadError, locked_output, read_test_metrics
-from serve.rejections import MULTIPART_OVERHEAD_BYTES, InputRejected, UploadLimit, UploadLimits
+from serve.rejections import (
+    MULTIPART_OVERHEAD_BYTES,
+    InputRejected,
+    UploadLimit,
+    UploadLimits,
+    rejection_response,
+)
 from tests.builders import (
     CLASSES,
     IMAGE_SIZE,
@@ -262,17 +268,27 @@ def test_a_body_still_arriving_past_the_upload_timeout_is_408_and_closes() -> No
         await asyncio.sleep(0.3)  # past the 0.1 s deadline
         return {"type": "http.request", "body": b"y", "more_body": False}
 
-    async def read_body(scope: dict, receive, send) -> None:
-        while (await receive()).get("more_body"):
-            pass
+    raised: list[InputRejected] = []
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    async def read_body(scope: dict, receive, send) -> None:  # answering as the app's handler does
+        try:
+            while (await receive()).get("more_body"):
+                pass
+        except InputRejected as error:
+            raised.append(error)
+            await rejection_response(error)(scope, receive, send)
 
     scope = {"type": "http", "method": "POST", "path": "/predict", "headers": [(b"content-length", b"11")]}
     limits = UploadLimits(1000, 0.1)
-    with pytest.raises(InputRejected) as raised:
-        asyncio.run(UploadLimit(read_body, limits=lambda scope: limits)(scope, receive, None))
-    assert raised.value.status_code == 408
-    assert raised.value.detail == "the request body did not arrive within 0.1 s (FLOWERLAB_UPLOAD_TIMEOUT_S)"
-    assert raised.value.headers == {"Connection": "close"}
+    asyncio.run(UploadLimit(read_body, limits=lambda scope: limits)(scope, receive, send))
+    [error] = raised
+    assert error.status_code == 408
+    assert error.detail == "the request body did not arrive within 0.1 s (FLOWERLAB_UPLOAD_TIMEOUT_S)"
+    assert [value for name, value in sent[0]["headers"] if name == b"connection"] == [b"close"]  # once
 
     complete = [{"type": "http.request", "body": b"x", "more_body": False}]
 

@@ -85,6 +85,7 @@ def test_a_trickled_upload_gets_408_and_its_connection_closed(served_root: Path,
             answer = read_until_closed(stalled)
             waited = time.monotonic() - sent
         assert answer.startswith(b"HTTP/1.1 408 "), answer
+        assert answer.split(b"\r\n\r\n", 1)[0].lower().count(b"\r\nconnection: close") == 1, answer
         assert answer.endswith(b'{"detail":"the request body did not arrive within 2 s '
                                b'(FLOWERLAB_UPLOAD_TIMEOUT_S)"}')
         assert 1.5 < waited < 30  # the deadline runs from the headers, sent just before
