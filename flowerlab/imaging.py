@@ -94,14 +94,26 @@ def to_rgb(image: Image.Image) -> Image.Image:
     """8-bit RGB from any mode: 16-bit greyscale scaled (not clipped), transparency composited on
     :data:`ALPHA_BACKGROUND` (palette, greyscale-with-alpha and RGBA alike), CMYK converted."""
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        levels = np.asarray(image, dtype=np.float64)
-        top = 65535 if image.mode.startswith("I;16") or levels.max(initial=0) > 255 else 255
-        image = Image.fromarray(np.clip(np.round(levels * 255 / top), 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(scaled_to_8_bits(np.asarray(image), image.mode), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")  # a loaded copy even for RGB: the file closes after decode_image
+
+
+def scaled_to_8_bits(levels: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit (or 32-bit integer) greyscale levels as 8-bit: ``round(level * 255 / top)``, where top
+    is 65535 for 16-bit modes and for "I" images with a level over 255 (else 255), clipped to 0-255.
+
+    In integer arithmetic, 4 bytes a pixel: float64 took about 1 GB at 40 megapixels. It equals the
+    rounded quotient exactly: ``level * 255 / 65535`` is never within 1/514 of a half."""
+    top = 65535 if mode.startswith("I;16") or levels.max(initial=0) > 255 else 255
+    scaled = np.clip(levels, 0, top, out=np.empty(levels.shape, np.uint32), casting="unsafe")  # one copy
+    scaled *= 255
+    scaled += top // 2
+    scaled //= top
+    return scaled.astype(np.uint8)
 
 
 def square_resize(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from benchmarks.serve_load import photo_jpeg
-from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, square_resize
+from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, scaled_to_8_bits, square_resize
 from tests.builders import encode_image
 
 
@@ -74,6 +74,22 @@ def test_16_bit_png_keeps_its_tones() -> None:
     decoded = pixels(decode_image(data))
     expected = np.round(ramp / 257).astype(int)
     assert np.abs(decoded - expected[..., None]).max() <= 1  # not clipped to white above 255
+
+
+@pytest.mark.parametrize("levels", [
+    np.arange(65536).astype(np.uint16),  # every 16-bit level
+    np.array([-2**31, -5, 0, 1, 127, 128, 255, 256, 32767, 65535, 65536, 2**31 - 1], dtype=np.int32),
+    np.arange(-3, 256).astype(np.int32),  # an "I" image within 8 bits keeps its levels
+])
+def test_deep_levels_round_to_8_bits_exactly(levels: np.ndarray) -> None:
+    """The integer scaling (4 bytes a pixel, not float64's 8 and its temporaries) equals the rounded
+    quotient for every level, with out-of-range "I" levels clipped."""
+    mode = "I;16" if levels.dtype == np.uint16 else "I"
+    top = 65535 if mode == "I;16" or levels.max() > 255 else 255
+    expected = np.clip(np.round(levels.astype(np.float64) * 255 / top), 0, 255).astype(np.uint8)
+    scaled = scaled_to_8_bits(levels, mode)
+    assert scaled.dtype == np.uint8
+    assert np.array_equal(scaled, expected)
 
 
 def test_palette_transparency_is_composited_on_the_fixed_background() -> None:
