@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 
 import pytest
 import torch
+from PIL import Image
+
+from benchmarks.decode_speed import deep_png, deep_png_cost
 
 
 def test_train_speed_prints_the_baseline_and_what_auto_picks() -> None:
@@ -74,6 +78,15 @@ def test_train_speed_times_the_batched_and_the_per_image_augmentation() -> None:
 
     assert batch_seconds(64, 4, 0, batches=2) > 0  # 64 px: the strong augmentation
     assert batch_seconds(64, 4, 0, batches=2, augment=PerImageAugment) > 0
+
+
+def test_deep_png_cost_measures_the_decodes_own_memory() -> None:
+    """A 4-MP 16-bit PNG: 16 MB of 32-bit levels while scaling and 12 MB of RGB at least, seen even
+    though this (parent) process is far larger: ru_maxrss would have shown the parent's peak."""
+    assert Image.open(io.BytesIO(deep_png(64))).mode == "I;16"
+    seconds, megabytes = deep_png_cost(32, side=2000)
+    assert 0 < seconds < 30
+    assert 20 < megabytes < 400
 
 
 def test_decode_speed_prints_full_and_drafted_decodes() -> None:
