@@ -24,6 +24,7 @@ from fastapi import Depends, FastAPI, File, HTTPException, Query, Request, Uploa
 from fastapi.exceptions import RequestValidationError
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.types import Scope
 
@@ -65,6 +66,7 @@ from serve.rejections import (
     UploadLimit,
     UploadLimits,
     file_too_large,
+    handle_http_error,
     handle_input_rejected,
     handle_validation_error,
     require_multipart,
@@ -283,6 +285,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="flowerlab", lifespan=lifespan,
                   summary="Flower classifier and VAE served from the DVC pipeline's outputs")
     app.state.service = None
+    app.add_exception_handler(StarletteHTTPException, handle_http_error)
     app.add_exception_handler(InputRejected, handle_input_rejected)
     app.add_exception_handler(RequestValidationError, handle_validation_error)
     app.add_exception_handler(QueueFull, handle_busy)
@@ -291,7 +294,7 @@ def create_app() -> FastAPI:
     app.add_middleware(UploadLimit, limits=upload_limits)
     app.add_middleware(RequestMetrics)  # added last, so outermost: it also counts UploadLimit's 413s
 
-    @app.get("/health", response_model=HealthResponse)
+    @app.api_route("/health", methods=["GET", "HEAD"], response_model=HealthResponse)
     def health() -> HealthResponse:
         """Liveness: the process answers."""
         return HealthResponse()
@@ -388,7 +391,7 @@ def create_app() -> FastAPI:
             return Response(body.model_dump_json(), media_type="application/json", headers=headers)
         return Response(body, media_type="image/png", headers=headers)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index() -> FileResponse:
         """The web page: classify a photo, browse samples."""
         return FileResponse(STATIC_DIR / "index.html")

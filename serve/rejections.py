@@ -1,5 +1,6 @@
 """Rejecting bad input: one exception type, its JSON response, the request body's size and time
-limits, and the uploads' Content-Type."""
+limits, the uploads' Content-Type and their one file part, and what Starlette's body parsing
+answers (malformed multipart, a client gone mid-upload)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,11 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from python_multipart.multipart import parse_options_header
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,6 +23,8 @@ from serve.settings import env_name
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 UPLOAD_LIMIT_VARIABLE = env_name("max_upload_bytes")
 UPLOAD_TIMEOUT_VARIABLE = env_name("upload_timeout_s")
+# nginx's status for a client that hung up before its answer; never sent, only counted and logged.
+CLIENT_CLOSED_REQUEST = 499
 
 
 class InputRejected(HTTPException):
@@ -50,6 +53,21 @@ FILE_FIELD_MESSAGES = {
     "missing": "Field required: no complete multipart part named 'file' (none was sent, or the body "
                "ended before its closing boundary)",
 }
+
+
+async def handle_http_error(request: Request, error: Exception) -> Response:
+    """Starlette's and FastAPI's own HTTP errors, as FastAPI answers them, with two exceptions. A
+    400 from parsing the body (malformed multipart: no boundary, a part without a name, too many
+    fields...) is a rejected input, counted as ``malformed_body``. A client that hung up before its
+    body was complete is not: FastAPI makes that a 400 too, which would count a client's hang-up as
+    the service refusing it; it is a 499 (in the metrics and uvicorn's access log; nobody is there
+    to receive it). Routing's 404 and 405, and the 503 before startup, pass unchanged."""
+    assert isinstance(error, HTTPException)
+    if error.status_code == 400:
+        if isinstance(error.__cause__, ClientDisconnect):
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
+        REJECTED.labels("malformed_body").inc()
+    return await http_exception_handler(request, error)
 
 
 async def handle_validation_error(request: Request, error: Exception) -> Response:
@@ -81,10 +99,12 @@ def body_too_large(upload_limit: int) -> InputRejected:
 
 
 async def require_multipart(request: Request) -> None:
-    """400 unless the request is multipart/form-data (as Starlette's form parser reads the header).
+    """400 unless the request is multipart/form-data (as Starlette's form parser reads the header),
+    422 when it holds more than one part named ``file``.
 
-    Without it an image sent as the raw body, or JSON, would get FastAPI's 422 for a missing field,
-    which hides what went wrong; a multipart body without the field still gets that 422.
+    Without the first, an image sent as the raw body, or JSON, would get FastAPI's 422 for a missing
+    field, which hides what went wrong; a multipart body without the field still gets that 422.
+    Without the second, FastAPI would take the last of several files and drop the others unseen.
     ``async`` so that it runs on the event loop: FastAPI runs a plain ``def`` dependency in its
     thread pool, a thread hop per upload (at 224 px, concurrency 16 on the Zen 5 EPYC: 236-246
     requests/s against 261-271).
@@ -95,6 +115,10 @@ async def require_multipart(request: Request) -> None:
         got = f"Content-Type {content_type[:100]}" if content_type else "no Content-Type"
         raise InputRejected(400, "not_multipart", f"send the image as multipart/form-data in a field "
                                                   f"named 'file' (got {got})")
+    files = len((await request.form()).getlist("file"))  # the form FastAPI has already parsed
+    if files > 1:
+        raise InputRejected(422, "several_files", f"send one image per request, in one part named 'file' "
+                                                  f"(got {files} parts named 'file')")
 
 
 def upload_too_slow(timeout_s: float) -> InputRejected:

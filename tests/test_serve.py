@@ -330,6 +330,46 @@ def test_a_response_before_the_whole_body_closes_the_connection(headers: list, c
     assert (b"content-type", b"text/plain") in sent[0]["headers"]
 
 
+@pytest.mark.parametrize("endpoint", ["/predict", "/reconstruct"])
+def test_several_files_are_a_422_not_the_last_one_silently(client: TestClient, endpoint: str) -> None:
+    """FastAPI would take the last part named 'file' and drop the others unseen."""
+    before = sample("flowerlab_rejected_inputs_total", reason="several_files")
+    image = encode_image(noise_image(), "PNG")
+    response = client.post(endpoint, files=[("file", ("a.png", image)), ("file", ("b.png", image))])
+    assert response.status_code == 422
+    assert response.json() == {"detail": "send one image per request, in one part named 'file' "
+                                         "(got 2 parts named 'file')"}
+    assert sample("flowerlab_rejected_inputs_total", reason="several_files") - before == 1
+    assert client.post(endpoint, files=[("file", ("a.png", image)), ("other", ("b.png", image))]
+                       ).status_code == 200
+
+
+def test_malformed_multipart_is_a_counted_400_and_routing_errors_are_not(client: TestClient) -> None:
+    before = (sample("flowerlab_rejected_inputs_total", reason="malformed_body"),
+              sample("flowerlab_http_requests_total", endpoint="/predict", status="400"))
+    response = client.post("/predict", content=b"--b\r\n", headers={"content-type": "multipart/form-data"})
+    assert response.status_code == 400
+    assert response.json() == {"detail": "Missing boundary in multipart."}  # Starlette's message
+    nameless = (b'--b\r\nContent-Disposition: form-data; filename="f.png"\r\n\r\nxx\r\n--b--\r\n')
+    response = client.post("/predict", content=nameless,
+                           headers={"content-type": "multipart/form-data; boundary=b"})
+    assert response.status_code == 400 and "name" in response.json()["detail"]
+    after = (sample("flowerlab_rejected_inputs_total", reason="malformed_body"),
+             sample("flowerlab_http_requests_total", endpoint="/predict", status="400"))
+    assert [b - a for a, b in zip(before, after, strict=True)] == [2, 2]
+    # Not inputs the service refused: no route (404), the wrong method (405).
+    assert client.get("/no-such-page").status_code == 404
+    assert client.get("/predict").status_code == 405
+    assert sample("flowerlab_rejected_inputs_total", reason="malformed_body") == after[0]
+
+
+def test_health_and_the_page_answer_head(client: TestClient) -> None:
+    """Uptime checkers often send HEAD."""
+    assert client.head("/health").status_code == 200
+    page = client.head("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
 def test_an_upload_sent_wrong_gets_a_422_that_says_what_to_send_not_the_upload(client: TestClient) -> None:
     """A file sent as a plain form field (``curl -F 'file=<photo.jpg'``: no filename), and a body cut
     before its closing boundary. FastAPI's own 422 echoed the whole upload back as ``input``."""

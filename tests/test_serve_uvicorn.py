@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from flowerlab import paths
 from flowerlab.files import file_md5
@@ -65,6 +66,36 @@ def read_until_closed(connection: socket.socket) -> bytes:
     while chunk := connection.recv(65536):
         received += chunk
     return received
+
+
+def predict_statuses(url: str) -> dict[str, float]:
+    """The running service's /predict responses by status, and its rejected inputs by reason."""
+    counts = {}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics", timeout=5).text):
+        for found in family.samples:
+            if found.name == "flowerlab_http_requests_total" and found.labels["endpoint"] == "/predict":
+                counts[found.labels["status"]] = found.value
+            elif found.name == "flowerlab_rejected_inputs_total":
+                counts[found.labels["reason"]] = found.value
+    return counts
+
+
+def test_a_client_gone_mid_upload_is_a_499_not_a_refusal(server: tuple[str, httpx.Response]) -> None:
+    """FastAPI answers a body that stopped arriving because its client hung up with a 400, as if the
+    service had refused the input; it is counted as 499, nginx's status for it, and no rejection. HEAD
+    of /health and of the page answer without a body."""
+    url, _ready = server
+    before = predict_statuses(url)
+    connection, headers, body = raw_upload(url, encode_image(noise_image(), "PNG"))
+    with connection:
+        connection.sendall(headers + body[:100])
+    deadline = time.monotonic() + 10
+    while (after := predict_statuses(url)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert after == {**before, "499": before.get("499", 0) + 1}
+    for path in ("/health", "/"):
+        response = httpx.head(f"{url}{path}", timeout=5)
+        assert response.status_code == 200 and response.content == b"", path
 
 
 def test_a_trickled_upload_gets_408_and_its_connection_closed(served_root: Path, tmp_path: Path,
