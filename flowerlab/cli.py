@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 
@@ -21,5 +22,10 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     try:
         main()
     except (StageError, FileNotFoundError, ValueError) as error:
-        print(f"{name}: error: {error}", file=sys.stderr)
+        print(f"{name}: error: {error}{UNDER_DVC if 'DVC_STAGE' in os.environ else ''}", file=sys.stderr)
         sys.exit(1)
+
+
+# DVC sets DVC_STAGE for a stage's command, and removes the stage's outputs before running it.
+UNDER_DVC = (" (DVC removed this stage's previous outputs before running it; `dvc checkout` "
+             "restores the ones dvc.lock records, from the cache)")

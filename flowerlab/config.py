@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -126,6 +127,9 @@ _NON_NEGATIVE = ("seed", "train.weight_decay", "train.warmup_epochs", "train.pat
                  "vae.patience")
 _PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 PROFILERS = ("simple", "advanced", "pytorch")
+# Beyond the 96-224 px the recipes are for: the prepared store alone is images x size^2 x 3 bytes
+# (10,000 px: 7.2 GB for 24 photos, and training was killed for memory).
+MAX_IMAGE_SIZE = 1024
 AUGMENT_PRESETS = ("auto", "light", "strong")
 EXPORTS = ("last", "best")
 
@@ -137,21 +141,42 @@ def _get(params: Params, dotted: str):
     return value
 
 
+def _floats(node: object, prefix: str = "") -> list[tuple[str, float]]:
+    """Every float value in the params tree, with its dotted key."""
+    found = []
+    for item in fields(node):
+        value = getattr(node, item.name)
+        if is_dataclass(value):
+            found += _floats(value, f"{prefix}{item.name}.")
+        elif isinstance(value, float):
+            found.append((prefix + item.name, value))
+    return found
+
+
 def validate(params: Params) -> Params:
     """Check the values that types alone cannot; raise ConfigError naming the key."""
+    for key, value in _floats(params):  # nan passes every comparison below; inf most of them
+        if not math.isfinite(value):
+            raise ConfigError(f"params: '{key}' must be a finite number, got {value!r}")
     for key in _POSITIVE_INTS + _POSITIVE_FLOATS:
         if _get(params, key) <= 0:
             raise ConfigError(f"params: '{key}' must be > 0, got {_get(params, key)!r}")
     for key in _NON_NEGATIVE:
         if _get(params, key) < 0:
             raise ConfigError(f"params: '{key}' must be >= 0, got {_get(params, key)!r}")
-    if params.batch_size is not None and params.batch_size <= 0:
-        raise ConfigError(f"params: 'batch_size' must be null (auto) or > 0, got {params.batch_size!r}")
-    if params.data.image_size < 16:
-        raise ConfigError(f"params: 'data.image_size' must be >= 16, got {params.data.image_size}")
-    if params.vae.image_size % 8 or params.vae.image_size < 16:
-        raise ConfigError("params: 'vae.image_size' must be a multiple of 8 and >= 16, "
-                          f"got {params.vae.image_size}")
+    # BatchNorm cannot train on a batch of one image: both networks have it.
+    if params.batch_size is not None and params.batch_size < 2:
+        raise ConfigError(f"params: 'batch_size' must be null (auto) or at least 2 (BatchNorm needs 2 "
+                          f"images a batch), got {params.batch_size!r}")
+    if params.vae.batch_size < 2:
+        raise ConfigError(f"params: 'vae.batch_size' must be at least 2 (BatchNorm needs 2 images a "
+                          f"batch), got {params.vae.batch_size!r}")
+    if not 16 <= params.data.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"params: 'data.image_size' must be between 16 and {MAX_IMAGE_SIZE}, "
+                          f"got {params.data.image_size}")
+    if params.vae.image_size % 8 or not 16 <= params.vae.image_size <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"params: 'vae.image_size' must be a multiple of 8 between 16 and "
+                          f"{MAX_IMAGE_SIZE}, got {params.vae.image_size}")
     if not 0 < params.model.backbone_lr_scale <= 1:
         raise ConfigError("params: 'model.backbone_lr_scale' must be in (0, 1], "
                           f"got {params.model.backbone_lr_scale!r}")

@@ -19,3 +19,7 @@ class WeightsError(StageError, RuntimeError):
 
 class ResumeError(StageError, RuntimeError):
     """``train.resume`` cannot continue from the checkpoint it found."""
+
+
+class DivergedError(StageError, RuntimeError):
+    """Training ended with weights that are not finite numbers: nothing is exported."""

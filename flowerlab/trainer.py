@@ -18,11 +18,12 @@ from lightning.pytorch.profilers import AdvancedProfiler, Profiler, PyTorchProfi
 
 from flowerlab import paths
 from flowerlab.config import TrainParams
-from flowerlab.errors import ConfigError, ResumeError
+from flowerlab.errors import ConfigError, DivergedError, ResumeError
 from flowerlab.hardware import choose_precision
 
 PROFILERS = {"simple": SimpleProfiler, "advanced": AdvancedProfiler, "pytorch": PyTorchProfiler}
 LAST = "last.ckpt"
+PREVIOUS = ".previous"  # suffix of the folder a fresh start sets the last run's checkpoints aside in
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -108,9 +109,13 @@ def exported_checkpoint(choice: str, best: ModelCheckpoint, last: ModelCheckpoin
 
 def resume_from(dirpath: str, resume: bool, epochs: int) -> str | None:
     """The full checkpoint to continue a run of ``epochs`` epochs from, when ``resume`` and one
-    exists; else ``None``, and an empty ``dirpath``. The folder is no DVC output (dvc.yaml says
-    why), so it holds what the last run in this workspace left there."""
-    last = Path(dirpath) / LAST
+    exists; else ``None``, and an empty ``dirpath``: what it held (the last run's checkpoints) is
+    set aside in ``<dirpath>.previous``, replacing what an earlier fresh start set aside there, so a
+    run started by mistake loses nothing it could have resumed. The folder is no DVC output
+    (dvc.yaml says why), so it holds what the last run in this workspace left there. Call it just
+    before training, once everything that can refuse the run has been checked."""
+    folder, aside = Path(dirpath), Path(f"{dirpath}{PREVIOUS}")
+    last = folder / LAST
     if resume and last.is_file():
         done = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
         if done > epochs:
@@ -119,9 +124,26 @@ def resume_from(dirpath: str, resume: bool, epochs: int) -> str | None:
         print(f"resuming from {last} after its epoch {done} of {epochs}")
         return str(last)
     if resume:
-        print(f"train.resume: no {last} yet, starting from the beginning")
-    shutil.rmtree(dirpath, ignore_errors=True)
+        kept = (f"; the checkpoints a fresh start set aside are in {aside} (move them back to "
+                f"{folder} to resume them)" if (aside / LAST).is_file() else "")
+        print(f"train.resume: no {last} yet, starting from the beginning{kept}")
+    if folder.is_dir() and any(folder.iterdir()):
+        shutil.rmtree(aside, ignore_errors=True)
+        folder.rename(aside)
+        print(f"set the previous run's checkpoints aside in {aside}")
+    shutil.rmtree(folder, ignore_errors=True)
     return None
+
+
+def require_finite(net: torch.nn.Module, stage: str, lr_key: str) -> None:
+    """Raise :class:`DivergedError` unless every weight and buffer of ``net`` is finite: a diverged
+    run (nan or inf everywhere) is not exported as a model."""
+    tensors = [*net.named_parameters(), *net.named_buffers()]
+    bad = [name for name, tensor in tensors if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise DivergedError(f"training diverged: {len(bad)} of the network's {len(tensors)} tensors hold "
+                            f"NaN or inf (the first: {bad[0]}), so nothing was exported. The usual cause "
+                            f"is a learning rate too high: lower '{lr_key}' and run {stage} again")
 
 
 class RecordChoices(Callback):

@@ -14,7 +14,7 @@ from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import choose_augmentation, choose_progressive, describe, progressive_size
 from flowerlab.export import ClassifierMeta, export_program
 from flowerlab.hardware import choose_channels_last, choose_precision
-from flowerlab.trainer import checkpoints, exported_checkpoint, make_trainer, resume_from
+from flowerlab.trainer import checkpoints, exported_checkpoint, make_trainer, require_finite, resume_from
 
 
 def main() -> None:
@@ -40,7 +40,6 @@ def main() -> None:
                              train.warmup_epochs, channels_last,
                              params.model.backbone_lr_scale if pretrained else 1.0)
     checkpoint, last = checkpoints(paths.CLASSIFIER_CHECKPOINTS, monitor="val/acc", mode="max")
-    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume, params.epochs)
     trainer = make_trainer(train, params.epochs, paths.TRAIN_LOG_DIR,
                            [checkpoint, last, EarlyStopping("val/acc", mode="max", patience=train.patience),
                             *([FreezeBackbone(params.model.freeze_epochs)] if pretrained else [])],
@@ -50,12 +49,15 @@ def main() -> None:
                                     "progressive_resize": f"{progressive} ({progressive_why})",
                                     "batch_size": f"{data.batch_size} "
                                                   f"({'set' if params.batch_size else 'auto'})"})
+    # Last, once every setting has been checked: a bad one must not cost the last run's checkpoints.
+    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume, params.epochs)
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:
         path, weights = exported_checkpoint(train.export, checkpoint, last)
         chosen = FlowerClassifier.load_from_checkpoint(path, map_location="cpu",
                                                        net=ImageClassifier(num_classes))
+        require_finite(chosen.net, "train", "lr")
         meta = ClassifierMeta(architecture="resnet18", classes=data.data.classes, image_size=size,
                               source=data.data.source, best_val_acc=float(checkpoint.best_model_score),
                               weights=weights,

@@ -9,8 +9,9 @@ from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import vae_transform
+from flowerlab.errors import DivergedError
 from flowerlab.export import VaeMeta, export_program, image_input
-from flowerlab.trainer import make_trainer
+from flowerlab.trainer import make_trainer, require_finite
 from flowerlab.vae.module import VaeModule
 from flowerlab.vae.network import ConvVAE, VaeDecoder, VaeEncoder
 
@@ -38,9 +39,14 @@ def main() -> None:
     trainer.fit(model, datamodule=data)
 
     if trainer.is_global_zero:
+        if not checkpoint.best_model_path:  # no finite val/loss in any epoch
+            raise DivergedError("training diverged: no epoch had a finite val/loss, so nothing was "
+                                "exported. The usual cause is a learning rate too high: lower 'vae.lr' "
+                                "and run train_vae again")
         best = VaeModule.load_from_checkpoint(
             checkpoint.best_model_path, map_location="cpu",
             vae=ConvVAE(vae.latent_dim, vae.width, vae.image_size, vae.beta, vae.loss.value)).vae
+        require_finite(best, "train_vae", "vae.lr")
         size, latent = vae.image_size, vae.latent_dim
         meta = dict(architecture="conv-vae", latent_dim=latent, width=vae.width, image_size=size,
                     beta=vae.beta, loss=vae.loss.value, num_classes=len(data.data.classes),

@@ -65,6 +65,14 @@ def test_missing_keys_take_the_schema_defaults(tmp_path):
     ({"model.backbone_lr_scale": 2.0}, "model.backbone_lr_scale"),
     ({"model.freeze_epochs": -1}, "model.freeze_epochs"),
     ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": 1}, "batch_size"),  # BatchNorm: it failed in training with torch's wording
+    ({"vae.batch_size": 1}, "vae.batch_size"),
+    ({"data.image_size": 10000}, "data.image_size"),  # a 7.2 GB store, then killed for memory
+    ({"vae.image_size": 2048}, "vae.image_size"),
+    ({"lr": float("nan")}, "lr"),  # nan passes every comparison: it trained a NaN model
+    ({"lr": float("inf")}, "lr"),
+    ({"train.weight_decay": float("inf")}, "train.weight_decay"),
+    ({"vae.beta": float("nan")}, "vae.beta"),
     ({"train.augment": "heavy"}, "train.augment"),
     ({"train.export": "newest"}, "train.export"),
     ({"train.mix": 1.5}, "train.mix"),

@@ -242,7 +242,7 @@ def test_stage_scripts_imagefolder_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
+def test_stage_script_bad_params_exit_1_with_one_line(tmp_path, monkeypatch):
     write_params(tmp_path, {**TINY_SYNTHETIC, "data.sourse": "synthetic"})
     result = run_stages(tmp_path, "prepare")  # python -m stages.prepare
     assert result.returncode == 1
@@ -250,7 +250,15 @@ def test_stage_script_bad_params_exit_1_with_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("prepare: error: ") and "'data.sourse'" in lines[0]
+    assert "DVC removed" not in lines[0]
     assert not (tmp_path / "data").exists()
+    # Under DVC (which sets DVC_STAGE) the stage's old outputs are gone by then: the line says how
+    # to get them back.
+    monkeypatch.setenv("DVC_STAGE", "prepare")
+    [line] = run_stages(tmp_path, "prepare").stderr.strip().splitlines()
+    assert line.startswith("prepare: error: ") and line.endswith(
+        "(DVC removed this stage's previous outputs before running it; `dvc checkout` restores the ones "
+        "dvc.lock records, from the cache)")
 
 
 @pytest.mark.slow
@@ -269,6 +277,22 @@ def test_stage_scripts_take_help_and_refuse_arguments_before_touching_files(tmp_
         assert "Traceback" not in result.stderr
         if code == 0:
             assert "fine-tune ResNet18 with Lightning" in result.stdout  # the stage's docstring
+    assert checkpoint.read_bytes() == b"a stopped run's state"
+
+
+@pytest.mark.slow
+def test_a_bad_training_setting_leaves_the_last_runs_checkpoints(tmp_path):
+    """The train stage cleared the checkpoint folder before building its Trainer, so a mistyped
+    strategy cost a stopped run its last.ckpt; it now clears it only just before training."""
+    write_params(tmp_path, {**TINY_SYNTHETIC, "train.strategy": "ddpp"})
+    assert run_stages(tmp_path, "prepare", "split").returncode == 0
+    checkpoint = tmp_path / "models/checkpoints/classifier/last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    checkpoint.write_bytes(b"a stopped run's state")
+    result = run_stages(tmp_path, "train")
+    assert result.returncode == 1, result.stderr
+    assert "train: error: params: train.accelerator=" in result.stderr
+    assert "invalid strategy name" in result.stderr and "Traceback" not in result.stderr
     assert checkpoint.read_bytes() == b"a stopped run's state"
 
 

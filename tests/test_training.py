@@ -311,6 +311,40 @@ def test_resume_refuses_a_checkpoint_past_the_epochs_asked_for(tmp_path) -> None
     assert resume_from(str(folder), False, 12) is None and not folder.exists()
 
 
+def test_a_fresh_start_sets_the_last_runs_checkpoints_aside(tmp_path, capsys) -> None:
+    """A run started without resume (perhaps by mistake) keeps the previous run's checkpoints in
+    ``.previous``, the one before replaced; a resume that finds none there says where they are."""
+    from flowerlab.trainer import LAST, resume_from
+
+    folder, aside = tmp_path / "ckpt", tmp_path / "ckpt.previous"
+    for run in (1, 2):
+        folder.mkdir()
+        torch.save({"epoch": run, "state_dict": {}}, folder / LAST)
+        assert resume_from(str(folder), False, 12) is None
+        assert not folder.exists() and torch.load(aside / LAST)["epoch"] == run  # run 1's replaced
+    assert f"set the previous run's checkpoints aside in {aside}" in capsys.readouterr().out
+    assert resume_from(str(folder), True, 12) is None
+    assert (f"no {folder / LAST} yet, starting from the beginning; the checkpoints a fresh start set "
+            f"aside are in {aside}") in capsys.readouterr().out
+    assert torch.load(aside / LAST)["epoch"] == 2  # an empty start sets nothing aside over it
+
+
+def test_a_diverged_network_is_refused_before_export() -> None:
+    from flowerlab.errors import StageError
+    from flowerlab.trainer import require_finite
+
+    net = ImageClassifier(4)
+    require_finite(net, "train", "lr")
+    net.head.bias.data[0] = float("nan")
+    with pytest.raises(StageError, match=r"training diverged: 1 of the network's \d+ tensors hold NaN or "
+                                         r"inf \(the first: head.bias\).*lower 'lr' and run train again"):
+        require_finite(net, "train", "lr")
+    net.head.bias.data[0] = 0.0
+    net.backbone.bn1.running_var[0] = float("inf")  # buffers too: evaluation would use them
+    with pytest.raises(StageError, match="the first: backbone.bn1.running_var"):
+        require_finite(net, "train", "lr")
+
+
 @pytest.mark.parametrize(("hardware", "expected"), [
     ({"accelerator": "tpu"}, "torch_xla"),  # never installed here
     ({"strategy": "foo"}, "invalid strategy name"),
