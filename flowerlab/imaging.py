@@ -34,6 +34,10 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed: a possible decompression bomb."""
 
 
+class ExtremeAspectError(ValueError):
+    """Resized to the model's size on its shorter side, the image would have more pixels than allowed."""
+
+
 def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  draft_size: int | None = None) -> Image.Image:
     """Open an image fully (first frame of animations) as RGB, or raise a typed error.
@@ -116,17 +120,36 @@ def scaled_to_8_bits(levels: np.ndarray, mode: str) -> np.ndarray:
     return scaled.astype(np.uint8)
 
 
-def square_resize(image: Image.Image | torch.Tensor, size: int) -> torch.Tensor:
-    """Resize the shorter side to ``size`` and centre-crop: a ``uint8`` tensor of shape (3, size, size)."""
+def square_resize(image: Image.Image | torch.Tensor, size: int,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Resize the shorter side to ``size`` and centre-crop: a ``uint8`` tensor of shape (3, size, size).
+
+    Refuses (:class:`ExtremeAspectError`) an image whose resized shorter side would make the
+    intermediate image more than ``max_pixels``: a 1x30000 PNG of 201 bytes passes every pixel limit,
+    but at 224 px it would be 1.5 gigapixels (prepare's memory grew by 4.7 GB)."""
     tensor = F.pil_to_tensor(image) if isinstance(image, Image.Image) else image
     if tensor.ndim != 3 or tensor.shape[0] not in (1, 3):
         raise ImageDecodeError(f"expected an image of shape (C, H, W) with 1 or 3 channels, "
                                f"got {tuple(tensor.shape)}")
+    height, width = tensor.shape[-2:]
+    if not height or not width:
+        raise ImageDecodeError(f"empty image: {width}x{height} pixels")
+    resized = resized_pixels((width, height), size)
+    if max_pixels is not None and resized > max_pixels:
+        raise ExtremeAspectError(f"aspect ratio too extreme: {width}x{height} resized to {size} pixels on "
+                                 f"its shorter side would be {resized} pixels, more than the limit of "
+                                 f"{max_pixels}")
     if tensor.dtype.is_floating_point:
         tensor = to_uint8(tensor)
     tensor = tensor.expand(3, -1, -1) if tensor.shape[0] == 1 else tensor
     tensor = F.resize(tensor, size, antialias=True)
     return F.center_crop(tensor, [size, size]).contiguous()
+
+
+def resized_pixels(image_size: tuple[int, int], size: int) -> int:
+    """Pixels of the intermediate image square_resize makes: the shorter side scaled to ``size``."""
+    short, long = sorted(image_size)
+    return size * (size * long // max(short, 1))
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

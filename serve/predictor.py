@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from flowerlab.export import ClassifierMeta, VaeMeta
 from flowerlab.imaging import (
+    ExtremeAspectError,
     ImageDecodeError,
     ImageTooLargeError,
     decode_image,
@@ -76,14 +77,9 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     """Upload bytes -> uint8 tensor (3, size, size), exactly as prepare stored the evaluated images."""
     sniff_format(data, max_pixels)
     try:
-        image = decode_image(data, max_pixels, draft_size=size)
-        resized = resized_pixels(image.size, size)
-        if resized > max_pixels:  # a 1000000x1 line is small, but resized it would take gigabytes
-            width, height = image.size
-            raise InputRejected(422, "extreme_aspect", f"aspect ratio too extreme: {width}x{height} resized "
-                                f"to {size} pixels on its shorter side would be {resized} pixels, more "
-                                f"than the limit of {max_pixels}")
-        return square_resize(image, size)
+        return square_resize(decode_image(data, max_pixels, draft_size=size), size, max_pixels)
+    except ExtremeAspectError as error:  # a 1000000x1 line is small, but resized it would take gigabytes
+        raise InputRejected(422, "extreme_aspect", str(error)) from None
     except ImageTooLargeError as error:
         raise InputRejected(413, "too_many_pixels", str(error)) from None
     except ImageDecodeError as error:
@@ -93,12 +89,6 @@ def decode_upload(data: bytes, size: int, max_pixels: int) -> torch.Tensor:
     except Exception as error:  # a damaged file must be a 4xx, not a 500; the log shows what slipped by
         logger.warning("decode failed with %s: %s", type(error).__name__, error)
         raise InputRejected(422, "corrupt", f"cannot decode image: {error}") from None
-
-
-def resized_pixels(image_size: tuple[int, int], size: int) -> int:
-    """Pixels of the intermediate image square_resize makes: the shorter side scaled to ``size``."""
-    short, long = sorted(image_size)
-    return size * (size * long // max(short, 1))
 
 
 PHOTO_SIZE = (500, 375)  # a phone photo as uploads commonly are, once resized by the client

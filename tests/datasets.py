@@ -112,7 +112,8 @@ class ImageFolderFixture:
 
 def make_imagefolder(root: Path) -> ImageFolderFixture:
     """Three class folders of three solid-colour images each (PNG and JPEG, not square) and
-    three unreadable files: a text file, a zero-byte JPEG and a truncated JPEG."""
+    four unreadable files: a text file, a zero-byte JPEG, a truncated JPEG and a 400000x1 line
+    (a few hundred bytes, but over 100 megapixels once resized to 16 px on its shorter side)."""
     root = Path(root)
     classes = sorted(CLASS_COLOURS)
     good: dict[str, int] = {}
@@ -127,9 +128,11 @@ def make_imagefolder(root: Path) -> ImageFolderFixture:
     (root / "rose" / "empty.jpg").write_bytes(b"")
     noise = _noise_jpeg_bytes()
     (root / "tulip" / "truncated.jpg").write_bytes(noise[: len(noise) // 2])
+    Image.new("RGB", (400_000, 1), CLASS_COLOURS["daisy"]).save(root / "daisy" / "line.png")
     bad = {"daisy/notes.txt": "not a recognised image format",
            "rose/empty.jpg": "not a recognised image format",
-           "tulip/truncated.jpg": "truncated"}
+           "tulip/truncated.jpg": "truncated",
+           "daisy/line.png": "aspect ratio too extreme: 400000x1 resized to"}
     return ImageFolderFixture(root, classes, good, bad)
 
 
@@ -144,7 +147,8 @@ class TensorFolderFixture:
 
 def make_tensor_folder(root: Path) -> TensorFolderFixture:
     """``.pt`` files of three layouts (uint8 CHW, float CHW in [0, 1], grayscale HW) with a
-    labels.csv, plus a corrupt file, a listed-but-missing file and an out-of-range float tensor."""
+    labels.csv, plus a corrupt file, a listed-but-missing file, an out-of-range float tensor and an
+    empty one (3, 0, 20)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     uint8 = torch.empty(3, 12, 10, dtype=torch.uint8)
@@ -154,13 +158,15 @@ def make_tensor_folder(root: Path) -> TensorFolderFixture:
     torch.save(torch.full((9, 11), 200, dtype=torch.uint8), root / "gray_hw.pt")
     (root / "corrupt.pt").write_bytes(b"this is not a tensor file")
     torch.save(torch.full((3, 8, 8), 2.0), root / "out_of_range.pt")
+    torch.save(torch.zeros(3, 0, 20, dtype=torch.uint8), root / "empty.pt")
     rows = [("uint8_chw.pt", "rose"), ("float_chw.pt", "daisy"), ("gray_hw.pt", "tulip"),
-            ("corrupt.pt", "rose"), ("missing.pt", "daisy"), ("out_of_range.pt", "tulip")]
+            ("corrupt.pt", "rose"), ("missing.pt", "daisy"), ("out_of_range.pt", "tulip"),
+            ("empty.pt", "rose")]
     (root / "labels.csv").write_text("file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows))
     good = {"uint8_chw.pt": (1, (10, 20, 30)), "float_chw.pt": (0, (51, 51, 51)),
             "gray_hw.pt": (2, (200, 200, 200))}
     bad = {"corrupt.pt": "not a readable tensor file", "missing.pt": "does not exist",
-           "out_of_range.pt": "[0, 1]"}
+           "out_of_range.pt": "[0, 1]", "empty.pt": "empty image: 20x0 pixels"}
     return TensorFolderFixture(root, ["daisy", "rose", "tulip"], good, bad, rows)
 
 

@@ -15,7 +15,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from benchmarks.serve_load import photo_jpeg
-from flowerlab.imaging import ALPHA_BACKGROUND, decode_image, scaled_to_8_bits, square_resize
+from flowerlab.imaging import (
+    ALPHA_BACKGROUND,
+    ExtremeAspectError,
+    ImageDecodeError,
+    decode_image,
+    scaled_to_8_bits,
+    square_resize,
+)
 from tests.builders import encode_image
 
 
@@ -90,6 +97,22 @@ def test_deep_levels_round_to_8_bits_exactly(levels: np.ndarray) -> None:
     scaled = scaled_to_8_bits(levels, mode)
     assert scaled.dtype == np.uint8
     assert np.array_equal(scaled, expected)
+
+
+def test_square_resize_refuses_empty_images_and_extreme_aspect_ratios() -> None:
+    """Shared by prepare and the service: an image whose resized shorter side would make more than
+    ``max_pixels`` (a 1x30000 PNG is 201 bytes and 30000 pixels; at 224 px it would be 1.5 gigapixels),
+    and an empty tensor (torchvision divided by zero), are refused with a reason."""
+    line = torch.zeros(3, 1, 30000, dtype=torch.uint8)
+    with pytest.raises(ExtremeAspectError, match="aspect ratio too extreme: 30000x1 resized to 224 pixels on "
+                                                 "its shorter side would be 1505280000 pixels, more than "
+                                                 "the limit of 89478485"):
+        square_resize(line, 224)
+    assert square_resize(line, 4).shape == (3, 4, 4)  # 480000 pixels: within the limit
+    with pytest.raises(ExtremeAspectError, match="more than the limit of 100000"):
+        square_resize(line, 4, max_pixels=100_000)
+    with pytest.raises(ImageDecodeError, match=r"empty image: 20x0 pixels"):
+        square_resize(torch.zeros(3, 0, 20, dtype=torch.uint8), 16)
 
 
 def test_palette_transparency_is_composited_on_the_fixed_background() -> None:

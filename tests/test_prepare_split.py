@@ -224,11 +224,11 @@ def test_stage_scripts_imagefolder_end_to_end(tmp_path):
     write_params(tmp_path, TINY_IMAGEFOLDER)
     result = run_stages(tmp_path, "prepare", "split")
     assert result.returncode == 0, result.stderr
-    assert "prepared 9 images of 3 classes, skipped 3 unreadable files" in result.stdout
+    assert "prepared 9 images of 3 classes, skipped 4 unreadable files" in result.stdout
     for name in fixture.bad:
         assert f"skipped {name}: " in result.stdout
     assert json.loads((tmp_path / "metrics/prepare.json").read_text()) == {
-        "images": 9, "skipped": 3, "classes": 3}
+        "images": 9, "skipped": 4, "classes": 3}
     report = json.loads((tmp_path / "data/prepared/report.json").read_text())
     assert {entry["file"]: entry["reason"] != "" for entry in report["skipped"]} == {
         name: True for name in fixture.bad}

@@ -186,7 +186,7 @@ def test_tensors_numeric_labels_sort_by_value(tmp_path):
 def test_tensors_custom_csv_name(tmp_path):
     make_tensor_folder(tmp_path)
     (tmp_path / "labels.csv").rename(tmp_path / "classes.csv")
-    assert len(_read(Source.tensors, tmp_path, labels_csv="classes.csv").items) == 6
+    assert len(_read(Source.tensors, tmp_path, labels_csv="classes.csv").items) == 7
 
 
 def test_tensors_missing_csv_is_a_source_error(tmp_path):

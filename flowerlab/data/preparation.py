@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from flowerlab.data.sources import RawDataset, SourceItem
 from flowerlab.data.store import PreparedData
-from flowerlab.imaging import ImageDecodeError, ImageTooLargeError, square_resize
+from flowerlab.imaging import ExtremeAspectError, ImageDecodeError, ImageTooLargeError, square_resize
 
 # Below this many items, worker start-up costs more than it saves.
 PARALLEL_MIN_ITEMS = 512
@@ -31,7 +31,7 @@ class DecodedItems(Dataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray | None, str | None]:
         try:
             return square_resize(self.items[index].load(), self.image_size).permute(1, 2, 0).numpy(), None
-        except (ImageDecodeError, ImageTooLargeError, OSError) as error:
+        except (ImageDecodeError, ImageTooLargeError, ExtremeAspectError, OSError) as error:
             return None, str(error)
 
 
