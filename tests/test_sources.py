@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import urllib.error
 from pathlib import Path
 
@@ -196,15 +197,86 @@ def test_tensors_missing_csv_is_a_source_error(tmp_path):
         _read(Source.tensors, tmp_path)
 
 
-@pytest.mark.parametrize("text", ["uint8_chw.pt,rose\ngray_hw.pt,tulip\n",  # no header
-                                  "path,class\nuint8_chw.pt,rose\n",  # wrong header
-                                  "file,label\n",  # header only
-                                  ""])
-def test_tensors_csv_without_the_right_header_is_a_source_error(tmp_path, text):
+@pytest.mark.parametrize(("text", "found"), [
+    ("uint8_chw.pt,rose\ngray_hw.pt,tulip\n", "its header is ['uint8_chw.pt', 'rose']"),  # no header
+    ("path,class\nuint8_chw.pt,rose\n", "its header is ['path', 'class']"),
+    ("file;label\nuint8_chw.pt;rose\n", "its header is ['file;label']"),  # another separator
+    ("file,label\n", "its header is ['file', 'label'], and no rows"),
+    ("", "it is empty"),
+])
+def test_tensors_csv_without_the_right_header_is_a_source_error(tmp_path, text, found):
     make_tensor_folder(tmp_path)
     (tmp_path / "labels.csv").write_text(text)
-    with pytest.raises(SourceError, match="'file' and 'label'"):
+    with pytest.raises(SourceError, match="'file' and 'label'") as caught:
         _read(Source.tensors, tmp_path)
+    assert f"({found})" in str(caught.value)
+
+
+def test_tensors_csv_as_excel_saves_it_and_not_utf8(tmp_path):
+    """Excel's "CSV UTF-8" begins with a byte-order mark: read as usual. Latin-1: one line saying so."""
+    make_tensor_folder(tmp_path)
+    (tmp_path / "labels.csv").write_bytes(b"\xef\xbb\xbffile,label\r\nuint8_chw.pt,rose\r\n")
+    items = _read(Source.tensors, tmp_path).items
+    assert [(item.name, item.label) for item in items] == [("uint8_chw.pt", 0)]
+    (tmp_path / "labels.csv").write_bytes("file,label\nuint8_chw.pt,rosé\n".encode("latin-1"))
+    with pytest.raises(SourceError, match=r"labels.csv is not UTF-8 text \(invalid continuation byte at "
+                                          r"byte 27\): save it as UTF-8"):
+        _read(Source.tensors, tmp_path)
+
+
+def test_imagefolder_hidden_folders_and_symlinks(tmp_path):
+    """Hidden folders (a notebook's checkpoints) are no class and hold no images; a file reached
+    again through a symbolic link (a loop included) is used once and reported."""
+    fixture = make_imagefolder(tmp_path / "raw")
+    root = fixture.root
+    (root / ".ipynb_checkpoints").mkdir()
+    (root / "daisy/a.png").rename(root / ".ipynb_checkpoints/a.png")
+    (root / "rose/.thumbnails").mkdir()
+    (root / "rose/b.jpg").rename(root / "rose/.thumbnails/b.jpg")
+    (root / "tulip/again").symlink_to(root / "tulip")  # a loop: torchvision follows it 40 deep
+    raw = _read(Source.imagefolder, root)
+    assert raw.classes == ["daisy", "rose", "tulip"]
+    names = [item.name for item in raw.items]
+    assert "daisy/a.png" not in names and not any(".thumbnails" in name for name in names)
+    data, skipped = _prepare(raw, "imagefolder")
+    reasons = {entry["file"]: entry["reason"] for entry in skipped}
+    assert reasons["tulip/again/a.png"] == ("the same file as tulip/a.png, reached again through a "
+                                            "symbolic link: used once")
+    assert np.bincount(data.labels).tolist() == [2, 2, 3]  # each tulip file once
+
+
+def test_imagefolder_path_that_is_a_file_is_a_source_error(tmp_path):
+    (tmp_path / "photos.zip").write_bytes(b"PK")
+    with pytest.raises(SourceError, match=r"photos.zip is a file: set it to a folder with one subfolder "
+                                          r"per class"):
+        _read(Source.imagefolder, tmp_path / "photos.zip")
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("all_bad", "1 class(es) kept no readable image, all their files skipped (the reasons above): 'rose'. "
+                "Add images to them or remove them"),
+    ("linked_class", "kept no readable image, all their files skipped (the reasons above): 'tulip_link'"),
+    ("one_class", "only one class ('daisy') in the imagefolder source: a classifier needs at least two"),
+])
+def test_prepared_classes_must_each_keep_an_image(tmp_path, change, message):
+    """A class whose files were all unreadable stayed in the model (served, never trained); one class
+    failed later, in training, with torchmetrics' wording."""
+    from flowerlab.data.preparation import require_classes
+
+    fixture = make_imagefolder(tmp_path / "raw")
+    root = fixture.root
+    if change == "all_bad":
+        for file in ("a.png", "b.jpg", "c.png"):
+            (root / "rose" / file).write_bytes(b"not an image")
+    elif change == "linked_class":
+        (root / "tulip_link").symlink_to(root / "tulip")
+    else:
+        for name in ("rose", "tulip"):
+            shutil.rmtree(root / name)
+    data, skipped = _prepare(_read(Source.imagefolder, root), "imagefolder")
+    with pytest.raises(SourceError) as caught:
+        require_classes(data, skipped, "imagefolder")
+    assert message in str(caught.value)
 
 
 @pytest.mark.parametrize("row", ["gray_hw.pt", "gray_hw.pt,", ",rose"])

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from flowerlab.data.sources import RawDataset, SourceItem
 from flowerlab.data.store import PreparedData
+from flowerlab.errors import SourceError
 from flowerlab.imaging import ExtremeAspectError, ImageDecodeError, ImageTooLargeError, square_resize
 
 # Below this many items, worker start-up costs more than it saves.
@@ -64,3 +65,21 @@ def prepare_images(raw: RawDataset, image_size: int, source: str, progress: bool
     data = PreparedData(images[: len(labels)], np.asarray(labels, dtype=np.int64),
                         raw.classes, image_size, source, official)
     return data, skipped
+
+
+def require_classes(data: PreparedData, skipped: list[dict], source: str) -> None:
+    """Raise :class:`SourceError` unless the store can train a classifier: some images, at least two
+    classes, and at least one image in every class (a class whose files were all skipped would
+    otherwise stay in the model, predictable and never seen)."""
+    if len(data.labels) == 0:
+        raise SourceError(f"no readable images in the {source} source ({len(skipped)} files skipped, "
+                          f"the reasons above)")
+    counts = np.bincount(data.labels, minlength=len(data.classes))
+    empty = [name for name, count in zip(data.classes, counts, strict=True) if count == 0]
+    if empty:
+        raise SourceError(f"{len(empty)} class(es) kept no readable image, all their files skipped (the "
+                          f"reasons above): {', '.join(map(repr, empty[:10]))}. Add images to them or "
+                          f"remove them")
+    if len(data.classes) < 2:
+        raise SourceError(f"only one class ({data.classes[0]!r}) in the {source} source: a classifier "
+                          f"needs at least two")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import os
 import urllib.error
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,19 +90,46 @@ def read_flowers102(params: DataParams) -> RawDataset:
     return RawDataset(list(FLOWERS102_CLASSES), items)
 
 
+class VisibleImageFolder(ImageFolder):
+    """torchvision's ImageFolder without hidden class folders (``.ipynb_checkpoints``, ``.git``),
+    which it would take as classes."""
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(entry.name for entry in os.scandir(directory)
+                         if entry.is_dir() and not entry.name.startswith("."))
+        if not classes:
+            raise FileNotFoundError(f"no class folders in {directory}")
+        return classes, {name: index for index, name in enumerate(classes)}
+
+
+def _same_file(first: str) -> Image.Image:
+    raise ImageDecodeError(f"the same file as {first}, reached again through a symbolic link: used once")
+
+
 def read_imagefolder(params: DataParams) -> RawDataset:
     root = Path(params.path)
+    if root.exists() and not root.is_dir():
+        raise SourceError(f"data.path {root} is a file: set it to a folder with one subfolder per class")
     if not root.is_dir():
         raise SourceError(f"image folder not found: {root} (expected one subfolder per class)")
+
+    def visible(path: str) -> bool:  # no hidden files, nor files in hidden folders within a class
+        return not any(part.startswith(".") for part in Path(path).relative_to(root).parts)
+
     try:
         # Accept every file so that non-images are reported by prepare, not silently dropped.
-        dataset = ImageFolder(root, loader=_path_only,
-                              is_valid_file=lambda p: not Path(p).name.startswith("."))
+        dataset = VisibleImageFolder(root, loader=_path_only, is_valid_file=visible)
     except (FileNotFoundError, OSError) as error:
-        raise SourceError(f"cannot read image folder {root}: {error}") from None
-    items = [SourceItem(str(Path(path).relative_to(root)), label,
-                        partial(decode_image, Path(path), draft_size=params.image_size))
-             for path, label in dataset.samples]
+        raise SourceError(f"cannot read image folder {root}: {error} (every class folder needs at "
+                          f"least one image: add some, or remove the folder)") from None
+    items, first_name = [], {}
+    for path, label in dataset.samples:
+        name = str(Path(path).relative_to(root))
+        # torchvision follows symbolic links, loops included: each file counts once.
+        first = first_name.setdefault(os.path.realpath(path), name)
+        load = partial(decode_image, Path(path), draft_size=params.image_size) if first == name else \
+            partial(_same_file, first)
+        items.append(SourceItem(name, label, load))
     return RawDataset(list(dataset.classes), items)
 
 
@@ -129,10 +157,17 @@ def read_tensors(params: DataParams) -> RawDataset:
     csv_path = root / params.labels_csv
     if not csv_path.is_file():
         raise SourceError(f"label CSV not found: {csv_path} (expected columns 'file,label')")
-    with csv_path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
+    try:  # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide 'file'
+        with csv_path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            rows, header = list(reader), reader.fieldnames or []
+    except UnicodeDecodeError as error:
+        raise SourceError(f"{csv_path} is not UTF-8 text ({error.reason} at byte {error.start}): save it "
+                          f"as UTF-8") from None
     if not rows or not {"file", "label"} <= set(rows[0]):
-        raise SourceError(f"{csv_path} must have a header with the columns 'file' and 'label'")
+        found = (f"its header is {header}" + ("" if rows else ", and no rows")) if header else "it is empty"
+        raise SourceError(f"{csv_path} must have a header with the columns 'file' and 'label', comma "
+                          f"separated, and at least one row ({found})")
     incomplete = [line for line, row in enumerate(rows, start=2)
                   if not (row["file"] or "").strip() or not (row["label"] or "").strip()]
     if incomplete:  # a short row holds None, which would crash below
