@@ -43,9 +43,7 @@ def main() -> None:
     plots = Path(paths.EVALUATE_PLOTS) / "plots"
     write_json(plots / "confusion.json", [{"actual": classes[a], "predicted": classes[p]}
                                           for a, p in zip(labels.tolist(), predicted.tolist())])
-    class_acc = per_class_accuracy(logits, labels).tolist()
-    write_json(plots / "per_class.json", [{"class": name, "accuracy": round(acc, 6)}
-                                          for name, acc in zip(classes, class_acc)])
+    write_json(plots / "per_class.json", per_class_accuracy(logits, labels, classes))
     # Image plots, where dvclive's log_image would put them; dvclive itself would also leave an
     # undeclared empty metrics.json.
     misclassified = plots / "images" / "misclassified"

@@ -120,4 +120,8 @@ def test_classification_metrics_on_known_logits() -> None:
     metrics = classification_metrics(wrong, labels)
     assert metrics["accuracy"] == pytest.approx(0.5)
     assert metrics["ece"] == pytest.approx(0.5, abs=1e-4)  # confident and half wrong
-    torch.testing.assert_close(per_class_accuracy(wrong, labels)[:3], torch.tensor([0.0, 1.0, 0.5]))
+    classes = ["a", "b", "c", "d", "e", "f"]
+    assert per_class_accuracy(wrong, labels, classes)[:4] == [
+        {"class": "a", "accuracy": 0.0, "test_images": 1}, {"class": "b", "accuracy": 1.0, "test_images": 1},
+        {"class": "c", "accuracy": 0.5, "test_images": 2},
+        {"class": "d", "accuracy": None, "test_images": 0}]  # no test image: no accuracy, not 0

@@ -22,6 +22,10 @@ def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[s
     }
 
 
-def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Accuracy of each class (NaN-free: classes absent from the labels score 0)."""
-    return MulticlassAccuracy(logits.shape[1], average=None)(logits, labels)
+def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> list[dict]:
+    """Each class's accuracy and its number of test images; a class with none (a class of one or
+    two images can get none in the split) has no accuracy, ``None``, not torchmetrics' 0."""
+    accuracy = MulticlassAccuracy(len(classes), average=None)(logits, labels).tolist()
+    counts = torch.bincount(labels, minlength=len(classes)).tolist()
+    return [{"class": name, "accuracy": round(acc, 6) if count else None, "test_images": count}
+            for name, acc, count in zip(classes, accuracy, counts, strict=True)]
