@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import urllib.error
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision.datasets.flowers102 as tv_flowers102
 
 from flowerlab.config import DataParams, Source
@@ -285,3 +287,30 @@ def test_tensors_csv_row_without_file_or_label_is_a_source_error(tmp_path, row):
     (tmp_path / "labels.csv").write_text(f"file,label\nuint8_chw.pt,rose\n{row}\n")
     with pytest.raises(SourceError, match=r"line\(s\) \[3\]"):
         _read(Source.tensors, tmp_path)
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ("uint8_chw.pt,rose\ngray_hw.pt,tulip\nuint8_chw.pt,rose\n",
+     "1 file(s) listed more than once, such as uint8_chw.pt on lines [2, 4]"),
+    ("uint8_chw.pt,rose\nuint8_chw.pt,daisy\n", "such as uint8_chw.pt on lines [2, 3]"),  # two labels
+    ("uint8_chw.pt,rose\n/etc/hostname,daisy\n../outside.pt,tulip\n",
+     "the files on line(s) [3, 4] are outside"),
+])
+def test_tensors_csv_lists_each_file_once_inside_the_folder(tmp_path, rows, message):
+    make_tensor_folder(tmp_path / "data")
+    (tmp_path / "data/labels.csv").write_text("file,label\n" + rows)
+    with pytest.raises(SourceError, match=re.escape(message)):
+        _read(Source.tensors, tmp_path / "data")
+
+
+def test_files_a_source_does_not_use_are_named(tmp_path, capsys):
+    fixture = make_tensor_folder(tmp_path / "tensors")
+    torch.save(torch.zeros(3, 4, 4, dtype=torch.uint8), fixture.root / "forgotten.pt")
+    _read(Source.tensors, fixture.root)
+    assert "note: 1 .pt file(s) in" in capsys.readouterr().out
+    folder = make_imagefolder(tmp_path / "raw")
+    (folder.root / "stray.jpg").write_bytes(b"")
+    (folder.root / "README.md").write_text("where these came from")
+    _read(Source.imagefolder, folder.root)
+    assert f"note: 1 file(s) directly in {folder.root} belong to no class folder, so not used: stray.jpg" \
+        in capsys.readouterr().out
