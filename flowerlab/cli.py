@@ -24,6 +24,9 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
     except (StageError, FileNotFoundError, ValueError) as error:
         print(f"{name}: error: {error}{UNDER_DVC if 'DVC_STAGE' in os.environ else ''}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 as a shell reports SIGINT
+        print(f"\n{name}: interrupted{UNDER_DVC if 'DVC_STAGE' in os.environ else ''}", file=sys.stderr)
+        sys.exit(130)
 
 
 # DVC sets DVC_STAGE for a stage's command, and removes the stage's outputs before running it.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -294,6 +295,24 @@ def test_a_bad_training_setting_leaves_the_last_runs_checkpoints(tmp_path):
     assert "train: error: params: train.accelerator=" in result.stderr
     assert "invalid strategy name" in result.stderr and "Traceback" not in result.stderr
     assert checkpoint.read_bytes() == b"a stopped run's state"
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_prepare_is_one_line(tmp_path):
+    """SIGINT while the decoding workers run: the stage says it was interrupted and exits 130, where
+    it printed a 40-line KeyboardInterrupt traceback."""
+    write_params(tmp_path, {"data.source": "synthetic", "data.samples_per_class": 80, "data.image_size": 96})
+    process = subprocess.Popen([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, text=True,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL)
+    seen = ""
+    while "img/s" not in seen and process.poll() is None:  # decoding, in the workers, has begun
+        seen += process.stderr.read(1)
+    process.send_signal(signal.SIGINT)
+    rest = process.stderr.read()
+    assert process.wait(timeout=60) == 130, seen + rest
+    assert "prepare: interrupted" in rest and "Traceback" not in rest, rest
+    assert not (tmp_path / "data/prepared/images.npy").exists()
 
 
 def test_parallel_decoding_gives_the_same_store(tmp_path) -> None:
