@@ -90,11 +90,16 @@ def test_flowers102_missing_files_offline_says_how_to_get_them(tmp_path):
     for name in ("102flowers.tgz", "imagelabels.mat", "setid.mat", "data.download: true"):
         assert name in message
     assert str(tmp_path / "flowers-102") in message
+    assert "(missing: jpg/, imagelabels.mat, setid.mat)" in message and "download=True" not in message
+    (tmp_path / "flowers-102/jpg").mkdir(parents=True)
+    (tmp_path / "flowers-102/setid.mat").write_bytes(b"")
+    with pytest.raises(SourceError, match=r"\(missing: imagelabels.mat\)"):
+        _read(Source.flowers102, tmp_path, download=False)
 
 
 def test_flowers102_wrong_md5_is_a_source_error(tmp_path):
     make_flowers102(tmp_path)  # the fixture's .mat files do not match torchvision's md5s
-    with pytest.raises(SourceError, match="not available"):
+    with pytest.raises(SourceError, match="the files are there but do not match torchvision's checksums"):
         _read(Source.flowers102, tmp_path, download=False)
 
 

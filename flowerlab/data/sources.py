@@ -76,8 +76,16 @@ def read_flowers102(params: DataParams) -> RawDataset:
                     (root / "flowers-102").rmdir()
             online = ("The download failed: check the network." if params.download
                       else "On a machine with network, set data.download: true.")
+            folder = root / "flowers-102"
+            missing = [name for name, there in (("jpg/", (folder / "jpg").is_dir()),
+                                                ("imagelabels.mat", (folder / "imagelabels.mat").is_file()),
+                                                ("setid.mat", (folder / "setid.mat").is_file())) if not there]
+            # torchvision's own text ("You can use download=True") names its argument, not our param.
+            why = (f"{error}" if params.download else
+                   f"missing: {', '.join(missing)}" if missing else
+                   f"the files are there but do not match torchvision's checksums: {error}")
             raise SourceError(
-                f"Flowers102 is not available under {root / 'flowers-102'} ({error}). "
+                f"Flowers102 is not available under {folder} ({why}). "
                 f"{online} Offline, download "
                 f"102flowers.tgz, imagelabels.mat and setid.mat from {FLOWERS102_URL}, unpack "
                 f"the archive so that {root / 'flowers-102' / 'jpg'} holds the images, and put "
