@@ -45,7 +45,8 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MA
     With ``draft_size``, a JPEG at least twice that on both sides is decoded at 1/2, 1/4 or 1/8
     scale in the DCT domain (Pillow's ``draft``), still at least ``draft_size`` on both sides, so
     :func:`square_resize` to that size costs a fraction of the full decode. Prepare and the service
-    pass the model's image size, so both see the same pixels for the same file."""
+    pass the model's image size, so both see the same pixels for the same file. ``max_pixels`` limits
+    the pixels decoded, so a JPEG over it is accepted where its draft is within it."""
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
     # Pillow warns past its own limit (an error here) and refuses twice that. Under a limit of ours at
     # least as tight, ours decides, so the message names it and the image's size; the same images pass.
@@ -55,13 +56,15 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MA
             warnings.simplefilter("ignore" if ours_decides else "error", Image.DecompressionBombWarning)
             with Image.open(stream) as image:
                 width, height = image.size
-                if max_pixels is not None and width * height > max_pixels:
-                    raise ImageTooLargeError(
-                        f"image is {width}x{height} = {width * height} pixels, "
-                        f"more than the limit of {max_pixels}")
                 image.seek(0)
                 if draft_size is not None and image.format == "JPEG":
                     image.draft(image.mode, (draft_size, draft_size))
+                # The limit is on the pixels decoded: a 108-MP phone JPEG drafted to 1/8 is 1.7 MP.
+                decoded = image.size[0] * image.size[1]
+                if max_pixels is not None and decoded > max_pixels:
+                    drafted = "" if image.size == (width, height) else f", {decoded} once drafted"
+                    raise ImageTooLargeError(f"image is {width}x{height} = {width * height} pixels"
+                                             f"{drafted}, more than the limit of {max_pixels}")
                 return to_rgb(upright(image))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise pillow_refusal(error, max_pixels) from None

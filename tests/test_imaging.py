@@ -19,6 +19,7 @@ from flowerlab.imaging import (
     ALPHA_BACKGROUND,
     ExtremeAspectError,
     ImageDecodeError,
+    ImageTooLargeError,
     decode_image,
     scaled_to_8_bits,
     square_resize,
@@ -113,6 +114,21 @@ def test_square_resize_refuses_empty_images_and_extreme_aspect_ratios() -> None:
         square_resize(line, 4, max_pixels=100_000)
     with pytest.raises(ImageDecodeError, match=r"empty image: 20x0 pixels"):
         square_resize(torch.zeros(3, 0, 20, dtype=torch.uint8), 16)
+
+
+def test_a_jpeg_over_the_pixel_limit_is_decoded_when_its_draft_is_within_it() -> None:
+    """A 90-MP JPEG (phones take 108 MP) is over Pillow's 89.5-MP limit, which prepare used to
+    apply to the file; decoded at 1/8 scale in the DCT domain it is 1.4 MP."""
+    image = Image.new("RGB", (9500, 9500), (200, 30, 30))
+    data = encode_image(image, "JPEG")
+    del image
+    assert decode_image(data, draft_size=224).size == (1188, 1188)
+    with pytest.raises(ImageTooLargeError, match="image is 9500x9500 = 90250000 pixels, more than the "
+                                                 "limit of 89478485"):
+        decode_image(data)  # no draft: every pixel would be decoded
+    with pytest.raises(ImageTooLargeError, match="9500x9500 = 90250000 pixels, 1411344 once drafted, more "
+                                                 "than the limit of 1000000"):
+        decode_image(data, max_pixels=1_000_000, draft_size=224)
 
 
 def test_palette_transparency_is_composited_on_the_fixed_background() -> None:
