@@ -69,11 +69,25 @@ def decode_image(source: bytes | str | Path, max_pixels: int | None = DEFAULT_MA
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise pillow_refusal(error, max_pixels) from None
     except UnidentifiedImageError:
-        raise ImageDecodeError("not a recognised image format") from None
+        raise ImageDecodeError(unrecognised(source)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         if isinstance(error, ImageTooLargeError):
             raise
         raise ImageDecodeError(f"corrupt or truncated image: {error}") from None
+
+
+def unrecognised(source: bytes | str | Path) -> str:
+    """Why Pillow could not identify the file, and what to do where we can tell."""
+    if isinstance(source, bytes):
+        head = source[:16]
+    else:
+        with Path(source).open("rb") as file:
+            head = file.read(16)
+    if not head:
+        return "not a recognised image format: the file is empty"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"hevc", b"mif1", b"msf1", b"avif"):
+        return "not a recognised image format: HEIC/AVIF (an iPhone's default): convert it to JPEG"
+    return "not a recognised image format"
 
 
 def pillow_refusal(error: Exception, max_pixels: int | None) -> ImageTooLargeError:

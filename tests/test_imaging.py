@@ -131,6 +131,19 @@ def test_a_jpeg_over_the_pixel_limit_is_decoded_when_its_draft_is_within_it() ->
         decode_image(data, max_pixels=1_000_000, draft_size=224)
 
 
+@pytest.mark.parametrize(("data", "reason"), [
+    (b"", "not a recognised image format: the file is empty"),
+    (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic", "HEIC/AVIF (an iPhone's default): convert it to JPEG"),
+    (b"just some text", "not a recognised image format"),
+])
+def test_unrecognised_files_say_what_they_are_where_it_shows(tmp_path, data: bytes, reason: str) -> None:
+    (tmp_path / "photo.jpg").write_bytes(data)
+    for source in (data, tmp_path / "photo.jpg"):
+        with pytest.raises(ImageDecodeError) as caught:
+            decode_image(source)
+        assert str(caught.value).endswith(reason)
+
+
 def test_palette_transparency_is_composited_on_the_fixed_background() -> None:
     image = Image.new("P", (8, 8), 0)
     image.putpalette([0, 0, 0, 250, 30, 30] + [0] * 762)
