@@ -17,10 +17,10 @@ def main() -> None:
     data, skipped = prepare_images(raw, params.data.image_size, params.data.source.value)
     for entry in skipped[:20]:
         print(f"  skipped {entry['file']}: {entry['reason']}")
-    if len(skipped) > 20:
-        print(f"  ... and {len(skipped) - 20} more (all of them in {paths.PREPARED_DIR}/report.json)")
     require_classes(data, skipped, params.data.source.value)  # else the store is left as it was
     save_prepared(data, skipped, Path(paths.PREPARED_DIR))
+    if len(skipped) > 20:
+        print(f"  ... and {len(skipped) - 20} more (all of them in {paths.PREPARED_DIR}/report.json)")
     write_json(paths.PREPARE_METRICS, {"images": len(data.labels), "skipped": len(skipped),
                                             "classes": len(data.classes)})
     print(f"prepared {len(data.labels)} images of {len(data.classes)} classes, "

@@ -260,9 +260,9 @@ def test_imagefolder_path_that_is_a_file_is_a_source_error(tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ("all_bad", "1 class(es) kept no readable image, all their files skipped (the reasons above): 'rose'. "
-                "Add images to them or remove them"),
-    ("linked_class", "kept no readable image, all their files skipped (the reasons above): 'tulip_link'"),
+    ("all_bad", "1 class(es) kept no readable image, all their files skipped (7 in all, the reasons "
+                "above): 'rose'. Add images to them or remove them"),
+    ("linked_class", "the reasons above): 'tulip_link'"),
     ("one_class", "only one class ('daisy') in the imagefolder source: a classifier needs at least two"),
 ])
 def test_prepared_classes_must_each_keep_an_image(tmp_path, change, message):

@@ -73,13 +73,14 @@ def require_classes(data: PreparedData, skipped: list[dict], source: str) -> Non
     otherwise stay in the model, predictable and never seen)."""
     if len(data.labels) == 0:
         raise SourceError(f"no readable images in the {source} source ({len(skipped)} files skipped, "
-                          f"the reasons above)")
+                          f"the reasons above{' for the first 20' if len(skipped) > 20 else ''})")
     counts = np.bincount(data.labels, minlength=len(data.classes))
     empty = [name for name, count in zip(data.classes, counts, strict=True) if count == 0]
     if empty:
-        raise SourceError(f"{len(empty)} class(es) kept no readable image, all their files skipped (the "
-                          f"reasons above): {', '.join(map(repr, empty[:10]))}. Add images to them or "
-                          f"remove them")
+        raise SourceError(f"{len(empty)} class(es) kept no readable image, all their files skipped "
+                          f"({len(skipped)} in all, the reasons above"
+                          f"{' for the first 20' if len(skipped) > 20 else ''}): "
+                          f"{', '.join(map(repr, empty[:10]))}. Add images to them or remove them")
     if len(data.classes) < 2:
         raise SourceError(f"only one class ({data.classes[0]!r}) in the {source} source: a classifier "
                           f"needs at least two")
