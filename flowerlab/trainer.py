@@ -107,13 +107,14 @@ def exported_checkpoint(choice: str, best: ModelCheckpoint, last: ModelCheckpoin
     return str(Path(last.dirpath) / LAST), "the last epoch's"
 
 
-def resume_from(dirpath: str, resume: bool, epochs: int) -> str | None:
+def resume_from(dirpath: str, resume: bool, epochs: int, owner: bool = True) -> str | None:
     """The full checkpoint to continue a run of ``epochs`` epochs from, when ``resume`` and one
     exists; else ``None``, and an empty ``dirpath``: what it held (the last run's checkpoints) is
     set aside in ``<dirpath>.previous``, replacing what an earlier fresh start set aside there, so a
     run started by mistake loses nothing it could have resumed. The folder is no DVC output
     (dvc.yaml says why), so it holds what the last run in this workspace left there. Call it just
-    before training, once everything that can refuse the run has been checked."""
+    before training, once everything that can refuse the run has been checked; under DDP every
+    process calls it, and only the ``owner`` (global rank 0) moves or clears the folder."""
     folder, aside = Path(dirpath), Path(f"{dirpath}{PREVIOUS}")
     last = folder / LAST
     if resume and last.is_file():
@@ -127,6 +128,8 @@ def resume_from(dirpath: str, resume: bool, epochs: int) -> str | None:
         kept = (f"; the checkpoints a fresh start set aside are in {aside} (move them back to "
                 f"{folder} to resume them)" if (aside / LAST).is_file() else "")
         print(f"train.resume: no {last} yet, starting from the beginning{kept}")
+    if not owner:
+        return None
     if folder.is_dir() and any(folder.iterdir()):
         shutil.rmtree(aside, ignore_errors=True)
         folder.rename(aside)

@@ -50,7 +50,7 @@ def main() -> None:
                                     "batch_size": f"{data.batch_size} "
                                                   f"({'set' if params.batch_size else 'auto'})"})
     # Last, once every setting has been checked: a bad one must not cost the last run's checkpoints.
-    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume, params.epochs)
+    resume = resume_from(paths.CLASSIFIER_CHECKPOINTS, train.resume, params.epochs, trainer.is_global_zero)
     trainer.fit(model, datamodule=data, ckpt_path=resume)
 
     if trainer.is_global_zero:

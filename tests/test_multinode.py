@@ -24,6 +24,9 @@ def test_train_stage_on_two_nodes_exports_once(tmp_path: Path) -> None:
     write_params(tmp_path, TWO_NODES)
     prepared = run_stages(tmp_path, "prepare", "split")
     assert prepared.returncode == 0, prepared.stderr
+    earlier = tmp_path / "models/checkpoints/classifier/last.ckpt"  # a stopped run's, in the shared folder
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"a stopped run's state")
     port = free_port()
     nodes = []
     for rank in (0, 1):  # what SLURM or a launcher sets on each node; the code is the same
@@ -45,6 +48,10 @@ def test_train_stage_on_two_nodes_exports_once(tmp_path: Path) -> None:
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in outputs[0] and "GLOBAL_RANK: 1, MEMBER: 2/2" in outputs[1]
     assert outputs[0].count("exported models/classifier.pt2") == 1
     assert "exported" not in outputs[1]  # rank 1 trains, rank 0 alone writes the model
+    # Rank 0 alone set the stopped run's checkpoints aside, once: rank 1 did not move them on again.
+    aside = tmp_path / "models/checkpoints/classifier.previous/last.ckpt"
+    assert aside.read_bytes() == b"a stopped run's state"
+    assert [output.count("set the previous run's checkpoints aside") for output in outputs] == [1, 0]
     module, meta = load_model(tmp_path / "models/classifier.pt2", ClassifierMeta)
     assert meta.image_size == 16 and len(meta.classes) == 102
     import torch
