@@ -52,8 +52,11 @@ def cpu_threads(cpu_max: Path = CGROUP_CPU_MAX) -> int:
 # The rest of a request besides the model and its decode: HTTP, multipart parsing and thread
 # hand-offs, about 2 ms measured at concurrency 1 on an AMX Xeon ("Serving" in the README).
 REQUEST_OVERHEAD_S = 0.002
-# The model gets every CPU when one image costs it at least this many times the rest of a request.
-ALL_CPUS_COST_RATIO = 2.0
+# The model gets every CPU when one image costs it at least this many times the rest of a request:
+# below it, a runner per CPU gave more requests/s at concurrency 16 in every alternating pair measured
+# (an Intel Xeon Ice Lake at 0.8-3.9x, README "Serving"); at 5x (an AVX2 emulation) it gave 7-13% more
+# but a lone request 45-60% slower, and at 6x (the AVX2-only EPYC) the one runner is kept.
+ALL_CPUS_COST_RATIO = 4.0
 
 
 @dataclass(frozen=True)
@@ -73,18 +76,19 @@ def inference_layout(cpus: int, model_s: float | None = None,
     ``model_s``: the classifier's time per image at the largest batch on one thread; ``decode_s``:
     a photo-sized upload's decode on one thread (both measured at startup; None: unknown).
 
-    Where the model dominates a request it gets every CPU, in one runner: on an AVX2-only EPYC
-    (2 cores; int8 ResNet18 at 224 px, 23.8 ms an image on one thread, decode 1.8 ms)
-    ``benchmarks/serve_load.py`` at concurrency 16 gave 64.2 requests/s on 2 threads and 40.0 on 1,
-    and a lone request runs at the speed of both CPUs.
+    Where the model dominates a request (``ALL_CPUS_COST_RATIO`` times the rest, or more) it gets
+    every CPU, in one runner: on an AVX2-only EPYC (2 cores; int8 ResNet18 at 224 px, 23.8 ms an
+    image on one thread, decode 1.8 ms) ``benchmarks/serve_load.py`` at concurrency 16 gave 64.2
+    requests/s on 2 threads and 40.0 on 1, and a lone request runs at the speed of both CPUs.
 
-    Where the model is the smaller cost, one runner per CPU, each on one torch thread: while one
-    computes a batch the next forms, and the decoding threads and the event loop share the CPUs
-    with them through the OS scheduler. No runner has an OpenMP team that would wait at each op's
-    barrier for a member the decoders took the CPU from: on an AMX Xeon (2 cores; the same model at
-    3.4 ms an image, decode 2.4 ms) one runner on 2 threads gave 143-159 requests/s and one on
-    1 thread 207-212; on a Zen 5 EPYC (4.4 ms, decode 1.0 ms) one runner on 1 thread gave 205-215
-    and two runners on 1 thread each 251-272 (README, "Serving").
+    Otherwise one runner per CPU, each on one torch thread: while one computes a batch the next
+    forms, and the decoding threads and the event loop share the CPUs with them through the OS
+    scheduler. No runner has an OpenMP team that would wait at each op's barrier for a member the
+    decoders took the CPU from: on an AMX Xeon (2 cores; the same model at 3.4 ms an image, decode
+    2.4 ms) one runner on 2 threads gave 143-159 requests/s and one on 1 thread 207-212; on a Zen 5
+    EPYC (4.4 ms, decode 1.0 ms) one runner on 1 thread gave 205-215 and two runners on 1 thread
+    each 251-272; on an Intel Xeon Ice Lake (9.05 ms, decode 2.07 ms: the model 2.2x the rest) two
+    runners on 1 thread each gave 99-145 against 85-110 for one runner on 2 (README, "Serving").
     """
     if cpus <= 1:
         return InferenceLayout(1, 1, "1 CPU")
