@@ -302,9 +302,12 @@ def test_ctrl_c_in_prepare_is_one_line(tmp_path):
     """SIGINT while the decoding workers run: the stage says it was interrupted and exits 130, where
     it printed a 40-line KeyboardInterrupt traceback."""
     write_params(tmp_path, {"data.source": "synthetic", "data.samples_per_class": 80, "data.image_size": 96})
+    # As from a terminal: a shell starts background jobs (`cmd &`, as CI may run the tests) with SIGINT
+    # ignored, which children inherit, and Python then installs no KeyboardInterrupt handler.
     process = subprocess.Popen([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, text=True,
                                env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
-                               stdout=subprocess.DEVNULL)
+                               stdout=subprocess.DEVNULL,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     while "img/s" not in seen and process.poll() is None:  # decoding, in the workers, has begun
         seen += process.stderr.read(1)
