@@ -67,19 +67,23 @@ def prepare_images(raw: RawDataset, image_size: int, source: str, progress: bool
     return data, skipped
 
 
+# prepare prints the reasons of this many skipped files; report.json holds them all.
+SKIPPED_SHOWN = 20
+
+
 def require_classes(data: PreparedData, skipped: list[dict], source: str) -> None:
     """Raise :class:`SourceError` unless the store can train a classifier: some images, at least two
     classes, and at least one image in every class (a class whose files were all skipped would
     otherwise stay in the model, predictable and never seen)."""
+    reasons = f"the reasons above{f' for the first {SKIPPED_SHOWN}' if len(skipped) > SKIPPED_SHOWN else ''}"
     if len(data.labels) == 0:
         raise SourceError(f"no readable images in the {source} source ({len(skipped)} files skipped, "
-                          f"the reasons above{' for the first 20' if len(skipped) > 20 else ''})")
+                          f"{reasons})")
     counts = np.bincount(data.labels, minlength=len(data.classes))
     empty = [name for name, count in zip(data.classes, counts, strict=True) if count == 0]
     if empty:
         raise SourceError(f"{len(empty)} class(es) kept no readable image, all their files skipped "
-                          f"({len(skipped)} in all, the reasons above"
-                          f"{' for the first 20' if len(skipped) > 20 else ''}): "
+                          f"({len(skipped)} in all, {reasons}): "
                           f"{', '.join(map(repr, empty[:10]))}. Add images to them or remove them")
     if len(data.classes) < 2:
         raise SourceError(f"only one class ({data.classes[0]!r}) in the {source} source: a classifier "

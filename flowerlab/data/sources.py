@@ -134,7 +134,7 @@ def read_imagefolder(params: DataParams) -> RawDataset:
                    if entry.is_file() and not entry.name.startswith(".") and entry.name != "README.md")
     if loose:
         print(f"note: {len(loose)} file(s) directly in {root} belong to no class folder, so not used: "
-              f"{', '.join(loose[:5])}{', ...' if len(loose) > 5 else ''}")
+              f"{_first_few(loose)}")
     items, first_name = [], {}
     for path, label in dataset.samples:
         name = str(Path(path).relative_to(root))
@@ -185,30 +185,35 @@ def read_tensors(params: DataParams) -> RawDataset:
                   if not (row["file"] or "").strip() or not (row["label"] or "").strip()]
     if incomplete:  # a short row holds None, which would crash below
         raise SourceError(f"{csv_path}: no file or no label on line(s) {incomplete[:10]}")
+    entries = [(row["file"].strip(), row["label"].strip()) for row in rows]  # file, label: line 2 on
     lines: dict[str, list[int]] = {}
-    for line, row in enumerate(rows, start=2):
-        lines.setdefault(row["file"].strip(), []).append(line)
+    for line, (file, _) in enumerate(entries, start=2):
+        lines.setdefault(file, []).append(line)
     repeated = {file: at for file, at in lines.items() if len(at) > 1}
     if repeated:  # loaded twice, or once under each of two labels
         file, at = next(iter(repeated.items()))
         raise SourceError(f"{csv_path}: {len(repeated)} file(s) listed more than once, such as {file} on "
                           f"lines {at}: list each file once, with its one label")
     inside = root.resolve()
-    outside = [line for line, row in enumerate(rows, start=2)
-               if not (root / row["file"].strip()).resolve().is_relative_to(inside)]
+    outside = [line for line, (file, _) in enumerate(entries, start=2)
+               if not (root / file).resolve().is_relative_to(inside)]
     if outside:
         raise SourceError(f"{csv_path}: the files on line(s) {outside[:10]} are outside {root}: list "
                           f"files by their path relative to data.path")
     unlisted = sorted(path.name for path in root.glob("*.pt") if path.name not in lines)
     if unlisted:
         print(f"note: {len(unlisted)} .pt file(s) in {root} are not in {csv_path.name}, so not used: "
-              f"{', '.join(unlisted[:5])}{', ...' if len(unlisted) > 5 else ''}")
-    labels = sorted({row["label"].strip() for row in rows},
+              f"{_first_few(unlisted)}")
+    labels = sorted({label for _, label in entries},
                     key=lambda x: (0, int(x), "") if x.lstrip("-").isdigit() else (1, 0, x))
     index = {name: i for i, name in enumerate(labels)}
-    items = [SourceItem(row["file"].strip(), index[row["label"].strip()],
-                        partial(_load_tensor, root / row["file"].strip())) for row in rows]
+    items = [SourceItem(file, index[label], partial(_load_tensor, root / file)) for file, label in entries]
     return RawDataset(labels, items)
+
+
+def _first_few(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` names, comma separated, with ', ...' where there are more."""
+    return ", ".join(names[:shown]) + (", ..." if len(names) > shown else "")
 
 
 def read_source(params: DataParams, seed: int) -> RawDataset:
