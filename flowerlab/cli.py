@@ -19,13 +19,14 @@ def run_stage(name: str, main: Callable[[], None]) -> None:
             formatter_class=argparse.RawDescriptionHelpFormatter,
             epilog=f"Reads params.yaml (set values there, or `dvc exp run -S key=value`); "
                    f"usually run by `dvc repro {name}`.").parse_args()
+    restore = UNDER_DVC if "DVC_STAGE" in os.environ else ""
     try:
         main()
     except (StageError, FileNotFoundError, ValueError) as error:
-        print(f"{name}: error: {error}{UNDER_DVC if 'DVC_STAGE' in os.environ else ''}", file=sys.stderr)
+        print(f"{name}: error: {error}{restore}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:  # Ctrl-C: one line, not a traceback; 130 as a shell reports SIGINT
-        print(f"\n{name}: interrupted{UNDER_DVC if 'DVC_STAGE' in os.environ else ''}", file=sys.stderr)
+        print(f"\n{name}: interrupted{restore}", file=sys.stderr)
         sys.exit(130)
 
 

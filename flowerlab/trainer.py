@@ -138,15 +138,20 @@ def resume_from(dirpath: str, resume: bool, epochs: int, owner: bool = True) -> 
     return None
 
 
+def diverged(what: str, stage: str, lr_key: str) -> DivergedError:
+    """The error for a run that diverged (``what`` says how it shows): nothing exported, and the fix."""
+    return DivergedError(f"training diverged: {what}, so nothing was exported. The usual cause is a "
+                         f"learning rate too high: lower '{lr_key}' and run {stage} again")
+
+
 def require_finite(net: torch.nn.Module, stage: str, lr_key: str) -> None:
     """Raise :class:`DivergedError` unless every weight and buffer of ``net`` is finite: a diverged
     run (nan or inf everywhere) is not exported as a model."""
     tensors = [*net.named_parameters(), *net.named_buffers()]
     bad = [name for name, tensor in tensors if tensor.is_floating_point() and not tensor.isfinite().all()]
     if bad:
-        raise DivergedError(f"training diverged: {len(bad)} of the network's {len(tensors)} tensors hold "
-                            f"NaN or inf (the first: {bad[0]}), so nothing was exported. The usual cause "
-                            f"is a learning rate too high: lower '{lr_key}' and run {stage} again")
+        raise diverged(f"{len(bad)} of the network's {len(tensors)} tensors hold NaN or inf (the first: "
+                       f"{bad[0]})", stage, lr_key)
 
 
 class RecordChoices(Callback):

@@ -9,9 +9,8 @@ from flowerlab.cli import run_stage
 from flowerlab.config import load_params
 from flowerlab.data.datamodule import FlowerData
 from flowerlab.data.transforms import vae_transform
-from flowerlab.errors import DivergedError
 from flowerlab.export import VaeMeta, export_program, image_input
-from flowerlab.trainer import make_trainer, require_finite
+from flowerlab.trainer import diverged, make_trainer, require_finite
 from flowerlab.vae.module import VaeModule
 from flowerlab.vae.network import ConvVAE, VaeDecoder, VaeEncoder
 
@@ -40,9 +39,7 @@ def main() -> None:
 
     if trainer.is_global_zero:
         if not checkpoint.best_model_path:  # no finite val/loss in any epoch
-            raise DivergedError("training diverged: no epoch had a finite val/loss, so nothing was "
-                                "exported. The usual cause is a learning rate too high: lower 'vae.lr' "
-                                "and run train_vae again")
+            raise diverged("no epoch had a finite val/loss", "train_vae", "vae.lr")
         best = VaeModule.load_from_checkpoint(
             checkpoint.best_model_path, map_location="cpu",
             vae=ConvVAE(vae.latent_dim, vae.width, vae.image_size, vae.beta, vae.loss.value)).vae
