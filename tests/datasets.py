@@ -76,6 +76,12 @@ def md5(path: Path) -> str:
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
+def stage_env(**extra: str) -> dict[str, str]:
+    """The environment to run ``python -m stages.<name>`` in from a test's folder: this one, with
+    the repository importable, plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": str(REPO), **extra}
+
+
 def run_stages(cwd: Path, *stages: str) -> subprocess.CompletedProcess:
     """Run ``stages`` in one fresh interpreter in ``cwd`` (which holds params.yaml).
 
@@ -90,8 +96,7 @@ def run_stages(cwd: Path, *stages: str) -> subprocess.CompletedProcess:
                 "    sys.argv[:] = [name]  # the stage's own command line: no arguments\n"
                 "    runpy.run_module(f'stages.{name}', run_name='__main__', alter_sys=True)",
                 *stages]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=stage_env(), capture_output=True,
                           text=True, timeout=300)
 
 

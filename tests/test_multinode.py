@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flowerlab.export import ClassifierMeta, load_model
-from tests.datasets import REPO, run_stages, write_params
+from tests.datasets import run_stages, stage_env, write_params
 from tests.servers import free_port
 
 pytestmark = pytest.mark.slow
@@ -30,8 +29,8 @@ def test_train_stage_on_two_nodes_exports_once(tmp_path: Path) -> None:
     port = free_port()
     nodes = []
     for rank in (0, 1):  # what SLURM or a launcher sets on each node; the code is the same
-        env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": str(port), "NODE_RANK": str(rank), "WORLD_SIZE": "2"}
+        env = stage_env(PYTHONUNBUFFERED="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                        NODE_RANK=str(rank), WORLD_SIZE="2")
         log = open(tmp_path / f"node{rank}.log", "w")  # noqa: SIM115 (closed once the node exits)
         nodes.append((subprocess.Popen([sys.executable, "-m", "stages.train"], cwd=tmp_path, env=env,
                                        stdout=log, stderr=subprocess.STDOUT), log))

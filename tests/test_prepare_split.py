@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from flowerlab.data.split import split_indices
 from flowerlab.data.store import PreparedData, load_prepared, save_prepared
 from stages import prepare as prepare_stage
 from stages import split as split_stage
-from tests.datasets import REPO, file_hashes, make_imagefolder, run_stages, write_params
+from tests.datasets import file_hashes, make_imagefolder, run_stages, stage_env, write_params
 
 TINY_SYNTHETIC = {"data.source": "synthetic", "data.samples_per_class": 3, "data.image_size": 16}
 TINY_IMAGEFOLDER = {"data.source": "imagefolder", "data.path": "raw", "data.image_size": 16}
@@ -269,10 +268,9 @@ def test_stage_scripts_take_help_and_refuse_arguments_before_touching_files(tmp_
     checkpoint = tmp_path / "models/checkpoints/classifier/last.ckpt"
     checkpoint.parent.mkdir(parents=True)
     checkpoint.write_bytes(b"a stopped run's state")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     for args, code, expected in ((["--help"], 0, "usage: python -m stages.train"),
                                  (["--epochs", "3"], 2, "unrecognized arguments: --epochs 3")):
-        result = subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=tmp_path, env=env,
+        result = subprocess.run([sys.executable, "-m", "stages.train", *args], cwd=tmp_path, env=stage_env(),
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == code and expected in result.stdout + result.stderr, result.stderr
         assert "Traceback" not in result.stderr
@@ -305,7 +303,7 @@ def test_ctrl_c_in_prepare_is_one_line(tmp_path):
     # As from a terminal: a shell starts background jobs (`cmd &`, as CI may run the tests) with SIGINT
     # ignored, which children inherit, and Python then installs no KeyboardInterrupt handler.
     process = subprocess.Popen([sys.executable, "-m", "stages.prepare"], cwd=tmp_path, text=True,
-                               env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE,
+                               env=stage_env(), stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
